@@ -1,0 +1,1 @@
+"""Data: dataset layouts, synthetic writers, recipes, TFDS slice records, Grain pipeline."""
