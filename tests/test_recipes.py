@@ -1,0 +1,190 @@
+"""Tests for input_pipeline.recipes: shapes, offsets, normalisation, contour class, inverse."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from input_pipeline import recipes
+from input_pipeline.recipes import RECIPES, Recipe, SliceGeometry
+
+X, Y, Z = 50, 60, 12  # slices are (H, W) = (Y, X) = (60, 50)
+
+
+def _volume(channels: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).random((channels, X, Y, Z), np.float32) + 0.1
+
+
+def _blob(center=(25, 30, 6), radius=(9, 11, 4)) -> np.ndarray:
+  x, y, z = np.meshgrid(np.arange(X), np.arange(Y), np.arange(Z), indexing='ij')
+  d = sum(((a - c) / r) ** 2 for a, c, r in zip((x, y, z), center, radius))
+  return (d <= 1).astype(np.uint8)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+  return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_presets_on_small_volumes(name):
+  small = dataclasses.replace(RECIPES[name], crop=None if RECIPES[name].crop is None else (40, 36),
+                              size=(32, 24))
+  stack = small.forward(_volume(len(small.modalities)), _blob())
+  assert stack.images.shape == (Z, 32, 24, small.num_channels) == (Z, *small.slice_shape)
+  assert stack.images.dtype == np.float32 and stack.masks.dtype == np.uint8
+  assert stack.masks.shape == (Z, 32, 24)
+  assert set(np.unique(stack.masks)) == ({0, 1, 2} if small.contour else {0, 1})
+  if small.groups is not None:
+    assert sum(small.groups) == small.num_channels
+
+
+def test_preset_settings():
+  agmr, clci = RECIPES['agmr_2p5d'], RECIPES['clci']
+  assert agmr.slice_shape == (192, 192, 4) and agmr.offsets == (-2, -1, 0, 1)
+  assert agmr.geometry_for((197, 233, 189)).crop_box == (26, 8, 180, 180)
+  assert clci.slice_shape == (224, 176, 1)
+  assert clci.geometry_for((197, 233, 189)).crop_box == (4, 10, 224, 176)
+  assert RECIPES['mdanet_isles2018'].groups == (2, 2)
+  assert RECIPES['mdanet_isles2018'].slice_shape == (256, 256, 4)
+  assert RECIPES['mdanet_isles2022'].slice_shape == (112, 112, 2)
+  assert RECIPES['thesis_ct'].contour and RECIPES['thesis_ct'].size == (224, 224)
+  assert RECIPES['thesis_mri'].normalize == 'minmax'
+  assert all(r.name == key for key, r in RECIPES.items())
+
+
+def test_neighbour_offsets_are_zero_padded_and_modality_major():
+  recipe = Recipe('t', ('A', 'B'), crop=None, size=(Y, X), offsets=(-2, -1, 0, 1),
+                  normalize='none', storage_dtype='float32')
+  image = np.zeros((2, X, Y, Z), np.float32)
+  image[0] = np.arange(1, Z + 1)  # slice z of modality A holds z + 1
+  image[1] = 100 + np.arange(1, Z + 1)
+  images = recipe.forward(image).images
+  assert images.shape == (Z, Y, X, 8)
+  first, last = images[0, 0, 0], images[Z - 1, 0, 0]
+  np.testing.assert_array_equal(first, [0, 0, 1, 2, 0, 0, 101, 102])
+  # Last slice (value Z): offsets -2, -1, 0 hold Z - 2, Z - 1, Z; +1 is beyond the end.
+  np.testing.assert_array_equal(last, [Z - 2, Z - 1, Z, 0, 100 + Z - 2, 100 + Z - 1, 100 + Z, 0])
+  np.testing.assert_array_equal(images[5, 3, 4], [4, 5, 6, 7, 104, 105, 106, 107])
+
+
+def test_slices_follow_the_transpose_convention():
+  recipe = Recipe('t', None, crop=None, size=(Y, X), normalize='none')
+  image = _volume(1)
+  stack = recipe.forward(image, _blob())
+  np.testing.assert_array_equal(stack.images[7, ..., 0], image[0, :, :, 7].T)
+  np.testing.assert_array_equal(stack.masks[6], _blob()[:, :, 6].T)
+
+
+def test_zscore_over_nonzero_voxels_keeps_background_zero():
+  vol = np.zeros((X, Y, Z), np.float32)
+  brain = _blob().astype(bool)
+  vol[brain] = np.random.default_rng(1).normal(300.0, 40.0, brain.sum())
+  out = recipes.normalize_volume(vol, 'zscore')
+  assert abs(out[brain].mean()) < 1e-4 and abs(out[brain].std() - 1) < 1e-4
+  assert np.all(out[~brain] == 0)
+
+
+def test_minmax_and_per_modality():
+  image = np.stack([_volume(1)[0] * 1000 - 50, _volume(1, seed=2)[0] * 0.01])
+  recipe = Recipe('t', None, crop=None, size=(Y, X), normalize='minmax')
+  images = recipe.forward(image).images
+  for m in range(2):
+    assert images[..., m].min() == 0 and abs(images[..., m].max() - 1) < 1e-6
+  np.testing.assert_array_equal(recipes.normalize_volume(np.full((3, 3, 3), 7.0), 'minmax'), 0)
+  nan = np.ones((3, 3, 3), np.float32)
+  nan[0, 0, 0] = np.nan
+  assert np.isfinite(recipes.normalize_volume(nan, 'zscore')).all()
+
+
+def test_contour_is_the_inner_border_of_a_square():
+  square = np.zeros((9, 9), np.uint8)  # slice coordinates (rows, cols)
+  square[2:7, 2:7] = 1
+  mask = np.zeros((9, 9, 2), np.uint8)
+  mask[:, :, 0] = square.T  # a slice is vol[:, :, z].T
+  recipe = Recipe('t', None, crop=None, size=(9, 9), contour=True)
+  masks = recipe.forward(np.ones((1, 9, 9, 2), np.float32), mask).masks
+  expected = square.copy()
+  expected[2:7, 2:7] = 2
+  expected[3:6, 3:6] = 1
+  np.testing.assert_array_equal(masks[0], expected)
+  assert (masks[0] == 2).sum() == 16
+  np.testing.assert_array_equal(masks[1], 0)
+
+
+def test_contour_at_the_image_edge_and_single_pixels():
+  lesion = np.zeros((4, 4), bool)
+  lesion[:, :2] = True
+  lesion[3, 3] = True
+  border = recipes.lesion_contour(lesion)
+  assert border[:, 0].all() and border[:, 1].all() and border[3, 3]
+  lesion = np.zeros((5, 5), bool)
+  lesion[:3, :3] = True
+  assert not recipes.lesion_contour(lesion)[1, 1]
+
+
+def test_geometry_round_trip():
+  geometry = RECIPES['agmr_2p5d'].geometry_for((197, 233, 189))
+  vector = geometry.to_array()
+  assert vector.dtype == np.int64 and vector.shape == (recipes.GEOMETRY_LENGTH,)
+  assert SliceGeometry.from_array(vector) == geometry
+  padded = SliceGeometry((5, 6, 7), (-3, -1, 12, 8), (16, 16))
+  assert SliceGeometry.from_array(padded.to_array()) == padded
+  with pytest.raises(ValueError):
+    SliceGeometry.from_array(np.zeros(4, np.int64))
+
+
+def test_inverse_of_the_identity_recipe_is_exact():
+  recipe = Recipe('t', None, crop=None, size=(Y, X))
+  mask = _blob() | _blob(center=(10, 50, 2), radius=(3, 2, 1))
+  stack = recipe.forward(_volume(1), mask)
+  np.testing.assert_array_equal(recipe.inverse(stack.masks.astype(np.float32), stack.geometry),
+                                mask)
+  one_hot = np.stack([1 - stack.masks, stack.masks], -1).astype(np.float32)
+  back = recipe.inverse(one_hot, stack.geometry)
+  assert back.shape == (X, Y, Z, 2)
+  np.testing.assert_array_equal(back.argmax(-1), mask)
+
+
+@pytest.mark.parametrize('crop,size', [((40, 44), (64, 48)), ((70, 56), (48, 40)),
+                                       ((36, 30), (36, 30))])
+def test_inverse_recovers_a_blob(crop, size):
+  recipe = Recipe('t', None, crop=crop, size=size)
+  mask = _blob()
+  stack = recipe.forward(_volume(1), mask)
+  back = recipe.inverse(stack.masks.astype(np.float32), stack.geometry)
+  assert back.shape == (X, Y, Z) and back.dtype == np.float32
+  assert _dice(back >= 0.5, mask) > 0.97
+  probs = np.stack([1.0 - stack.masks, stack.masks], -1).astype(np.float32)
+  multi = recipe.inverse(probs, stack.geometry)
+  np.testing.assert_allclose(multi.sum(-1), 1.0, atol=1e-5)  # outside the crop: background 1
+
+
+def test_outside_the_crop_is_zero_probability():
+  recipe = Recipe('t', None, crop=(20, 20), size=(20, 20))
+  stack = recipe.forward(_volume(1))
+  back = recipe.inverse(np.ones((Z, 20, 20), np.float32), stack.geometry)
+  top, left = stack.geometry.crop_box[:2]
+  assert back.sum() == 20 * 20 * Z
+  assert back[left:left + 20, top:top + 20].all()
+
+
+def test_modality_selection_and_validation():
+  recipe = Recipe('t', ('Tmax', 'CBF'), crop=None, size=(Y, X), normalize='none')
+  image = np.stack([np.full((X, Y, Z), v, np.float32) for v in (1, 2, 3)])
+  images = recipe.forward(image, modality_names=('cbf', 'CBV', 'TMAX')).images
+  np.testing.assert_array_equal(images[0, 0, 0], [3, 1])
+  with pytest.raises(KeyError):
+    recipe.forward(image, modality_names=('CBF', 'CBV', 'MTT'))
+  with pytest.raises(ValueError):
+    recipe.forward(image)  # 3 channels for 2 modalities
+  with pytest.raises(ValueError):
+    Recipe('bad', ('A',), crop=None, size=(8, 8), offsets=(-1, 1))
+  with pytest.raises(ValueError):
+    Recipe('bad', ('A', 'B'), crop=None, size=(8, 8), groups=(1, 2))
+
+
+def test_storage_dtype():
+  recipe = RECIPES['agmr_2p5d']
+  assert recipe.to_storage(np.ones((2, 2), np.float32)).dtype == np.float16
+  with pytest.raises(ValueError):
+    recipe.to_storage(np.full((2, 2), 1e6, np.float32))
