@@ -1,0 +1,101 @@
+"""Run reporting: metrics.jsonl, TensorBoard (tensorboardX, no TensorFlow), progress and tables.
+
+Only process 0 writes; other processes get a writer that does nothing, so callers never branch.
+"""
+
+import json
+from absl import logging
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Appends {'step', **scalars} to metrics.jsonl and mirrors scalars/images to TensorBoard."""
+
+  def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self._tb = None
+    if not self.enabled:
+      return
+    self._path = pathlib.Path(workdir) / 'metrics.jsonl'
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+
+  def scalars(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with self._path.open('a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, float(v), int(step))
+
+  def images(self, step: int, images: dict) -> None:
+    """images: name -> (H, W, 3) uint8."""
+    if self.enabled and self._tb is not None:
+      for k, v in images.items():
+        self._tb.add_image(k, v, int(step), dataformats='HWC')
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Progress:
+  """Steps/s and ETA over the recent window, logged every `every` steps."""
+
+  def __init__(self, total_steps: int, start_step: int):
+    self.total = total_steps
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def rate(self, step: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total - step) / max(rate, 1e-9)
+    return rate, eta
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+  """An RGB uint8 picture of a slice: truth in green, prediction in red, overlap yellow."""
+  gray = image.astype(np.float32)
+  lo, hi = np.percentile(gray, [1, 99])
+  gray = np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1)
+  rgb = np.stack([gray] * 3, axis=-1) * 0.7
+  rgb[..., 1] = np.where(truth > 0, 1.0, rgb[..., 1])
+  rgb[..., 0] = np.where(pred > 0, 1.0, rgb[..., 0])
+  return (rgb * 255).astype(np.uint8)
+
+
+def table(rows: list[dict], columns: list[str], floatfmt: str = '.4f') -> str:
+  """A plain-text (markdown) table of dict rows."""
+  def cell(v):
+    return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(cell(r.get(c, '')) for c in columns) + ' |' for r in rows]
+  return '\n'.join(lines)
+
+
+def log_topology() -> None:
+  logging.info('JAX %s: process %d/%d, %d local / %d global devices: %s', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), ', '.join(str(d) for d in jax.local_devices()))

@@ -1,0 +1,95 @@
+"""The train state and the one pure train step.
+
+`train_step(state, batch, rng) -> (state, metrics)` is built by `make_train_step` from a model and
+an objective, then jitted once at the call site with shardings and a donated state. It is
+deterministic: the dropout key of step n is fold_in(rng, n), so a resumed run replays the same
+randomness. A non-finite loss or gradient leaves the state unchanged and is reported through
+`metrics['finite']`; the loop stops and names the step.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+Objective = Callable[[dict, dict], tuple[jax.Array, dict]]
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything that changes during training (and is checkpointed)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, variables: dict, tx: optax.GradientTransformation) -> 'TrainState':
+    params = variables['params']
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params), tx=tx)
+
+  @property
+  def variables(self) -> dict:
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def make_init(model: nn.Module, input_shape: tuple[int, ...],
+              tx: optax.GradientTransformation) -> Callable[[jax.Array], TrainState]:
+  """init(rng) -> TrainState; jit it with out_shardings to build the state in place."""
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = model.init({'params': params_rng, 'dropout': dropout_rng},
+                           jnp.zeros(input_shape, jnp.float32), train=False)
+    return TrainState.create(variables=dict(variables), tx=tx)
+  return init
+
+
+def _tree_select(pred, on_true, on_false):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def make_train_step(model: nn.Module, objective: Objective):
+  """Returns the pure step; `objective(outputs, batch)` gives per-example losses and metrics."""
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      outputs, updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+          rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      per_example, aux = objective(outputs, batch)
+      return jnp.mean(per_example), (updates.get('batch_stats', {}), aux)
+
+    (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=_tree_select(finite, params, state.params),
+        batch_stats=_tree_select(finite, batch_stats, state.batch_stats),
+        opt_state=_tree_select(finite, opt_state, state.opt_state))
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite, **aux}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_predict_step(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
+  """predict(variables, images) -> lesion probability (B, H, W) in float32."""
+
+  def predict(variables, images):
+    logits = model.apply(variables, images, train=False)['logits'].astype(jnp.float32)
+    if logits.shape[-1] == 1:
+      return jax.nn.sigmoid(logits[..., 0])
+    # Multi-class heads: every class but background is lesion (e.g. lesion + contour).
+    return 1.0 - jax.nn.softmax(logits, axis=-1)[..., 0]
+
+  return predict

@@ -1,0 +1,126 @@
+"""The Grain pipeline: slice records -> shuffled, augmented, batched numpy batches.
+
+Training is one chain (random access all the way to the batch, so every element's position, and
+with it its augmentation seed, is fixed by the config seed alone):
+
+    source[fold...] -> seed -> shuffle (reshuffled per epoch) -> [process::processes]
+        -> repeat -> to float32 -> augment (seeded from (seed, index)) -> batch -> prefetch
+
+Each process reads a disjoint shard; batches are per-process and become one global batch in the
+train loop. The iterator's state is small (the next index) and is checkpointed with the model.
+
+Evaluation does not shuffle: `iter_cases` yields every case of a split as a whole stack of slices
+in slice order, so predictions can be reassembled into volumes.
+"""
+
+import collections
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import builder as builder_lib
+from input_pipeline import splits as splits_lib
+
+Element = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """All slices of one case in slice order, as float32 images and uint8 masks."""
+  case_id: str
+  images: np.ndarray  # (Z, H, W, C)
+  masks: np.ndarray  # (Z, H, W)
+  spacing: np.ndarray  # (3,)
+  geometry: np.ndarray  # recipes.SliceGeometry vector
+
+
+class SliceDataset:
+  """A built dataset: its records per fold and the metadata written beside them."""
+
+  def __init__(self, path: str | pathlib.Path):
+    self.path = pathlib.Path(path)
+    meta_path = self.path / builder_lib.META_FILE
+    if not meta_path.exists():
+      raise FileNotFoundError(f'{meta_path}: not a built slice dataset (run input_pipeline.build)')
+    self.meta = json.loads(meta_path.read_text())
+    self._builder = tfds.builder_from_directory(str(self.path))
+
+  @property
+  def num_folds(self) -> int:
+    return self.meta['num_folds']
+
+  def fold_source(self, fold: int):
+    return self._builder.as_data_source(split=f'fold{fold}')
+
+  def source(self, folds: Sequence[int]) -> grain.MapDataset:
+    """The records of the given folds, concatenated in fold order."""
+    parts = [grain.MapDataset.source(self.fold_source(k)) for k in sorted(folds)]
+    return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
+
+  def records(self, folds: Sequence[int]) -> list[tuple[str, int]]:
+    """(case_id, slice_index) of every record of `source(folds)`, in the same order."""
+    return [tuple(r) for k in sorted(folds) for r in self.meta['records'][f'fold{k}']]
+
+  def split_folds(self, test_fold: int, val_fold: int | None) -> dict[str, list[int]]:
+    """Folds of the 'train', 'validation' and 'test' splits of a protocol."""
+    names = splits_lib.protocol_splits(self.num_folds, test_fold, val_fold)
+    return {split: [int(f[len('fold'):]) for f in spec.split('+')]
+            for split, spec in names.items()}
+
+  def case_ids(self, folds: Sequence[int]) -> list[str]:
+    return sorted(c for c, m in self.meta['cases'].items() if m['fold'] in set(folds))
+
+
+def to_training_element(record: Element) -> Element:
+  """Keeps what a train step eats, as float32 image and uint8 mask."""
+  return {'image': np.asarray(record['image'], np.float32),
+          'mask': np.asarray(record['mask'], np.uint8)}
+
+
+def train_dataset(source: grain.MapDataset, *, batch_size: int, seed: int,
+                  augment: Callable[[Element, np.random.Generator], Element] | None = None,
+                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+  """An infinite MapDataset of per-process batches (see module docstring)."""
+  if len(source) < process_count:
+    raise ValueError(f'{len(source)} records cannot be sharded over {process_count} processes')
+  ds = source.seed(seed).shuffle()[process_index::process_count].repeat()
+  ds = ds.map(to_training_element)
+  if augment is not None:
+    ds = ds.random_map(augment)
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def make_iterator(ds: grain.MapDataset, *, worker_count: int = 0,
+                  read_threads: int = 2, worker_buffer_size: int = 2):
+  """A checkpointable iterator; workers > 0 prefetch batches in separate processes."""
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=4))
+  if worker_count > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+  return iter(it_ds)
+
+
+def iter_cases(dataset: SliceDataset, folds: Sequence[int],
+               case_ids: Sequence[str] | None = None) -> Iterator[Case]:
+  """Yields each case of the folds (or the given subset) with all its slices in order."""
+  source = dataset.source(folds)
+  by_case = collections.defaultdict(list)
+  for position, (case_id, z) in enumerate(dataset.records(folds)):
+    by_case[case_id].append((z, position))
+  wanted = sorted(by_case) if case_ids is None else list(case_ids)
+  for case_id in wanted:
+    if case_id not in by_case:
+      raise KeyError(f'case {case_id!r} is not in folds {list(folds)}')
+    positions = [p for _, p in sorted(by_case[case_id])]
+    recs = [source[p] for p in positions]
+    yield Case(case_id=case_id,
+               images=np.stack([np.asarray(r['image'], np.float32) for r in recs]),
+               masks=np.stack([np.asarray(r['mask'], np.uint8) for r in recs]),
+               spacing=np.asarray(recs[0]['spacing'], np.float32),
+               geometry=np.asarray(recs[0]['geometry'], np.int64))
