@@ -1,0 +1,12 @@
+"""Networks. `MODELS[name](**fields)` builds one with the paper's defaults."""
+
+from agmr_jax.models.attention_unet import AttentionUNet
+from agmr_jax.models.dunet import DUNet
+from agmr_jax.models.unet import UNet
+
+# The one registry: name -> linen Module constructor (class or named partial).
+MODELS = {
+    'unet': UNet,
+    'attention_unet': AttentionUNet,
+    'dunet': DUNet,
+}

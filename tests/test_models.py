@@ -1,0 +1,220 @@
+"""Networks: exact parameter counts (eval_shape, no compile), shapes at tiny sizes,
+parameter-tree order, mixed precision, and the deterministic pooling helpers."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agmr_jax.models import MODELS, layers
+from agmr_jax.models import dunet as dunet_lib
+from agmr_jax.models.util import count_params
+
+KEY = jax.random.PRNGKey(0)
+# Tiny variants: 3 levels at 32x32 keep forward passes to seconds on 2 CPU cores.
+TINY = {
+    'unet': dict(features=(4, 8, 16), dropout_levels=(2, 3)),
+    'attention_unet': dict(features=(4, 8, 16), dropout_levels=(2, 3)),
+    'dunet': dict(features=(4, 8, 16), features_3d=(4, 8, 8), dropout_levels=(2, 3)),
+}
+
+
+def _abstract_variables(model, shape, dtype=jnp.float32):
+  x = jax.ShapeDtypeStruct(shape, dtype)
+  return jax.eval_shape(
+      lambda x: model.init({'params': KEY, 'dropout': KEY}, x, train=False), x)
+
+
+def _random_variables(model, x, seed=0):
+  """Concrete variables with the model's tree, filled by numpy.
+
+  `model.init` run eagerly compiles an RNG kernel per parameter shape (~40 s for a
+  tiny U-Net on 2 busy cores); eval_shape + numpy gives the same tree in ~1 s.
+  BN statistics start at mean 0, variance 1, as flax initialises them.
+  """
+  abstract = _abstract_variables(model, x.shape, x.dtype)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "'batch_stats'" in name:
+      return jnp.full(leaf.shape, 1.0 if "'var'" in name else 0.0, leaf.dtype)
+    if "'kernel'" in name:
+      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+      return jnp.asarray(rng.normal(size=leaf.shape) * std, leaf.dtype)
+    base = 1.0 if "'scale'" in name else 0.0
+    return jnp.asarray(base + 0.1 * rng.normal(size=leaf.shape), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def test_registry_builds_every_model_with_overrides():
+  assert {'unet', 'attention_unet', 'dunet'} <= set(MODELS)
+  for name in ('unet', 'attention_unet', 'dunet'):
+    model = MODELS[name](num_classes=3, dtype=jnp.bfloat16)
+    assert model.num_classes == 3 and model.dtype == jnp.bfloat16
+
+
+def test_dunet_parameter_count_is_exactly_the_papers():
+  variables = _abstract_variables(MODELS['dunet'](), (1, 192, 192, 4))
+  total = count_params(variables)
+  trainable = count_params(variables, include_batch_stats=False)
+  print(f'\nD-UNet: {total:,} values (Keras count), {trainable:,} trainable params, '
+        f'{total - trainable:,} BN moving statistics')
+  assert total == 8_640_163
+  assert trainable == 8_633_379
+  assert total - trainable == 2 * 2 * (32 + 64 + 128 + 256 + 512 + 32 + 64 + 128
+                                       + 256 + 128 + 64 + 32)
+
+
+def _count_of(variables, names):
+  """Keras count of the named top-level stages."""
+  return count_params({col: {n: variables[col][n] for n in names if n in variables[col]}
+                       for col in ('params', 'batch_stats')})
+
+
+def test_dunet_breakdown_matches_the_docstring():
+  v = _abstract_variables(MODELS['dunet'](), (1, 192, 192, 4))
+  assert _count_of(v, ['0_stem3d']) == 860_192
+  assert _count_of(v, ['1_down_2_fuse']) == 2_305
+  assert _count_of(v, ['1_down_3_fuse']) == 5_505
+  assert _count_of(v, [f'1_down_{l}' for l in range(1, 6)]) == 4_720_448
+  assert _count_of(v, [f'2_up_{i}' for i in range(1, 5)] + ['3_head']) == 3_051_713
+  up_convs = sum(_count_of({c: v[c][f'2_up_{i}'] for c in v}, ['0_up']) for i in range(1, 5))
+  assert up_convs == 696_800
+
+
+def test_unet_count_is_dunet_without_3d_branch():
+  unet = count_params(_abstract_variables(MODELS['unet'](), (1, 192, 192, 4)))
+  plain = count_params(_abstract_variables(MODELS['dunet'](fusion_levels=()), (1, 192, 192, 4)))
+  assert unet == plain == 8_640_163 - 860_192 - 2_305 - 5_505 == 7_772_161
+  gated = count_params(_abstract_variables(MODELS['attention_unet'](), (1, 192, 192, 4)))
+  assert gated - unet == sum(4 * c * c + 6 * c + 1 for c in (256, 128, 64, 32)) == 351_044
+
+
+@pytest.mark.parametrize('name, expected', [
+    ('unet', ['0_down_1', '0_down_2', '0_down_3', '0_down_4', '0_down_5',
+              '1_up_1', '1_up_2', '1_up_3', '1_up_4', '2_head']),
+    ('attention_unet', ['0_down_1', '0_down_2', '0_down_3', '0_down_4', '0_down_5',
+                        '1_up_1', '1_up_2', '1_up_3', '1_up_4', '2_head']),
+    ('dunet', ['0_stem3d', '1_down_1', '1_down_2', '1_down_2_fuse', '1_down_3',
+               '1_down_3_fuse', '1_down_4', '1_down_5',
+               '2_up_1', '2_up_2', '2_up_3', '2_up_4', '3_head']),
+])
+def test_parameter_tree_reads_in_network_order(name, expected):
+  params = _abstract_variables(MODELS[name](), (1, 192, 192, 4))['params']
+  assert list(params) == expected == sorted(expected)
+  up = params['1_up_1' if name != 'dunet' else '2_up_1']
+  assert list(up) == sorted(up)  # 0_up, [1_gate], 2_block
+  if name == 'attention_unet':
+    assert list(up['1_gate']) == ['0_theta_x', '1_phi_g', '2_psi', '3_out']
+
+
+@pytest.mark.parametrize('name', ['unet', 'attention_unet', 'dunet'])
+def test_forward_shapes_train_and_eval(name):
+  model = MODELS[name](num_classes=2, **TINY[name])
+  x = jax.random.normal(KEY, (2, 32, 32, 4))
+  variables = _random_variables(model, x)
+  out = model.apply(variables, x, train=False)
+  assert out['logits'].shape == (2, 32, 32, 2) and out['logits'].dtype == jnp.float32
+  out_t, updates = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                               rngs={'dropout': jax.random.PRNGKey(1)})
+  assert out_t['logits'].shape == (2, 32, 32, 2)
+  assert (jax.tree_util.tree_structure(updates['batch_stats'])
+          == jax.tree_util.tree_structure(variables['batch_stats']))
+  assert np.all(np.isfinite(out['logits'])) and np.all(np.isfinite(out_t['logits']))
+  # Train mode normalises by batch statistics and drops out: the outputs differ.
+  assert not np.allclose(out['logits'], out_t['logits'])
+
+
+@pytest.mark.parametrize('name', ['unet', 'attention_unet', 'dunet'])
+def test_input_not_divisible_raises_clear_error(name):
+  with pytest.raises(ValueError, match='multiples of 16'):
+    _abstract_variables(MODELS[name](), (1, 40, 40, 4))
+  with pytest.raises(ValueError, match='multiples of 4'):
+    _abstract_variables(MODELS[name](**TINY[name]), (1, 30, 32, 4))
+
+
+def test_dunet_rejects_depth_its_3d_stem_cannot_pool():
+  with pytest.raises(ValueError, match='multiple of 4'):
+    _abstract_variables(MODELS['dunet'](), (1, 192, 192, 2))
+  with pytest.raises(ValueError, match='fusion_levels'):
+    _abstract_variables(MODELS['dunet'](fusion_levels=(4,)), (1, 192, 192, 4))
+
+
+def test_bf16_compute_keeps_float32_params_stats_and_logits():
+  model = MODELS['dunet'](dtype=jnp.bfloat16, **TINY['dunet'])
+  x = jax.random.normal(KEY, (1, 32, 32, 4))
+  variables = _abstract_variables(model, x.shape)
+  for leaf in jax.tree_util.tree_leaves(variables):
+    assert leaf.dtype == jnp.float32
+  variables = _random_variables(model, x)
+  out, state = model.apply(variables, x, train=False, capture_intermediates=True,
+                           mutable=['intermediates'])
+  assert out['logits'].dtype == jnp.float32
+  inter = state['intermediates']
+  assert inter['1_down_1']['__call__'][0].dtype == jnp.bfloat16
+  assert inter['0_stem3d']['__call__'][0][0].dtype == jnp.bfloat16
+  assert inter['2_up_1']['__call__'][0].dtype == jnp.bfloat16
+
+
+def test_factories_swap_fusion_upsample_and_add_stage_attention():
+  """The hooks AGMR-Net uses: fusion, upsample and a per-stage attention."""
+
+  class Probe(nn.Module):  # stands in for CPA: (x) -> (x, 6x6 map)
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train):
+      del train
+      return x, nn.Dense(1, name='score')(jnp.mean(x, axis=(1, 2)))
+
+  for fusion in (dunet_lib.AddFusion, dunet_lib.ConcatFusion):
+    model = MODELS['dunet'](
+        fusion=fusion, stage_attention=Probe,
+        upsample=functools.partial(layers.UpsampleConv, method='bilinear'))
+    variables = _abstract_variables(model, (1, 192, 192, 4))
+    names = list(variables['params'])
+    assert names.index('1_down_2_attn') < names.index('1_down_2_fuse') < names.index('1_down_3')
+    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 192, 192, 4)), train=False),
+                         variables)
+    assert out['logits'].shape == (1, 192, 192, 1)
+    assert len(out['encoder_aux']) == 5
+
+
+def test_max_pool_2x2_matches_nn_max_pool_and_has_finite_gradient():
+  x = jax.random.normal(KEY, (2, 8, 6, 3))
+  np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+  grad = jax.grad(lambda x: jnp.sum(layers.max_pool_2x2(x) ** 2))(x)
+  assert np.all(np.isfinite(grad))
+  # Continuous input has no ties: exactly one input per window gets the gradient.
+  assert int(np.sum(grad != 0)) == 2 * 4 * 3 * 3
+  x3 = jax.random.normal(KEY, (1, 4, 6, 8, 2))
+  np.testing.assert_array_equal(layers.max_pool_2x2x2(x3),
+                                nn.max_pool(x3, (2, 2, 2), (2, 2, 2)))
+
+
+def test_max_pool_odd_size_raises():
+  with pytest.raises(ValueError, match='even'):
+    layers.max_pool_2x2(jnp.zeros((1, 5, 4, 1)))
+  with pytest.raises(ValueError, match='even'):
+    layers.max_pool_2x2x2(jnp.zeros((1, 3, 4, 4, 1)))
+
+
+def test_upsampling_helpers():
+  x = jax.random.normal(KEY, (2, 3, 5, 4))
+  near = layers.upsample_nearest_2x(x)
+  np.testing.assert_array_equal(near, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+  np.testing.assert_array_equal(near, jax.image.resize(x, (2, 6, 10, 4), 'nearest'))
+  bil = layers.upsample_bilinear_2x(x.astype(jnp.bfloat16))
+  assert bil.shape == (2, 6, 10, 4) and bil.dtype == jnp.bfloat16
+
+
+def test_squeeze_excite_has_two_bias_free_dense_layers():
+  se = layers.SqueezeExcite(ratio=16)
+  variables = se.init(KEY, jnp.ones((1, 4, 4, 64)))
+  assert count_params(variables) == 2 * 64 * 4
+  assert list(variables['params']) == ['0_reduce', '1_expand']
