@@ -56,6 +56,7 @@ def test_registry_builds_every_model_with_overrides():
   for name in ('unet', 'attention_unet', 'dunet'):
     model = MODELS[name](num_classes=3, dtype=jnp.bfloat16)
     assert model.num_classes == 3 and model.dtype == jnp.bfloat16
+    assert 'features' in MODELS[name].__dataclass_fields__  # train.py inspects fields
 
 
 def test_dunet_parameter_count_is_exactly_the_papers():

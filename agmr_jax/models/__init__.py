@@ -4,7 +4,7 @@ from agmr_jax.models.attention_unet import AttentionUNet
 from agmr_jax.models.dunet import DUNet
 from agmr_jax.models.unet import UNet
 
-# The one registry: name -> linen Module constructor (class or named partial).
+# The one registry: name -> linen Module class.
 MODELS = {
     'unet': UNet,
     'attention_unet': AttentionUNet,
