@@ -212,6 +212,8 @@ def train_loop(run: Run) -> int:
           best = score
           ckpt.save_best(step, run.state, score)
           _write_best(run.workdir, step, score)
+      if 0 < config.stop_after_steps <= step - start:
+        stop.set = True  # A time-boxed job: checkpoint now, the next job resumes.
       if stop.set or step % config.checkpoint_every_steps == 0 or step == run.total_steps:
         ckpt.save(step, run.state, run.data_iter, force=True)
   _check_finite(jax.device_get(history))

@@ -77,6 +77,7 @@ def base() -> ml_collections.ConfigDict:
   c.eval_every_steps = -1  # Validation period; -1: once per epoch.
   c.checkpoint_every_steps = 500  # Save period of the resumable checkpoint.
   c.max_checkpoints = 2  # Resumable checkpoints kept.
+  c.stop_after_steps = -1  # Stop (with a checkpoint) after this many steps of this job; -1: never.
   c.async_checkpoints = True  # Write checkpoints in the background.
   c.final_eval = True  # After training: evaluate the test split with the best checkpoint.
   c.write_predictions = True  # ...and write its predicted masks as NIfTI into the workdir.
@@ -96,8 +97,9 @@ def apply_variant(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict) ->
   if v.bf16:
     c.compute_dtype = 'bfloat16'
   if v.tiny:
-    c.data.num_subjects = 5
-    c.data.image_size = (32, 32)
+    c.data.dataset = v.dataset or 'synthetic_tiny'
+    c.data.recipe = v.recipe or 'tiny_2p5d'
+    c.data.num_subjects = 10
     c.batch_size = 8
     c.eval_batch_size = 8
     c.num_train_steps = 6

@@ -360,4 +360,10 @@ RECIPES: dict[str, Recipe] = {
     'thesis_mri': _THESIS_MRI,
     'thesis_ct': _THESIS_CT,
     'thesis_ct_demo': dataclasses.replace(_THESIS_CT, name='thesis_ct_demo', size=(96, 96)),
+    # Tests and smoke runs on the synthetic_tiny* datasets: whole slices resized to 32x32.
+    'tiny_2p5d': dataclasses.replace(_AGMR, name='tiny_2p5d', crop=None, size=(32, 32)),
+    'tiny_2d': Recipe(name='tiny_2d', modalities=('T1',), crop=None, size=(32, 32)),
+    'tiny_mdanet_ct': dataclasses.replace(_MDANET_2018, name='tiny_mdanet_ct', size=(32, 32)),
+    'tiny_mdanet_mri': dataclasses.replace(_MDANET_2022, name='tiny_mdanet_mri', size=(32, 32)),
+    'tiny_thesis_ct': dataclasses.replace(_THESIS_CT, name='tiny_thesis_ct', size=(32, 32)),
 }

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from input_pipeline import synthetic_lesions as L
+from input_pipeline import synthetic_tiny
 
 _ATLAS_SITE = 'Site1'
 _ATLAS_LESION_COUNTS = (0.1, 0.5, 0.28, 0.12)  # P(0), P(1), P(2), P(3 lesions)
@@ -271,6 +272,8 @@ SYNTHETIC = {
     'synthetic_isles2018': (write_isles2018_case, 'isles2018'),
     'synthetic_isles2022': (write_isles2022_case, 'isles2022'),
     'synthetic_isles2017': (write_isles2017_case, 'isles2017'),
+    # Tiny volumes for tests and smoke runs (synthetic_tiny.py).
+    **{name: (synthetic_tiny.make_writer(name), 'nnunet') for name in synthetic_tiny.TINY_MODALITIES},
 }
 _ROOT_FILES = {'isles2022': _bids_description}
 

@@ -1,0 +1,137 @@
+"""Slice records and the Grain pipeline: splits, shards, resumable iterators, case iteration."""
+
+import json
+
+import numpy as np
+import pytest
+
+from input_pipeline import builder as builder_lib
+from input_pipeline import datasets
+from input_pipeline import pipeline
+from input_pipeline import splits
+from input_pipeline import synthetic
+from input_pipeline.errors import DataError
+from input_pipeline import synthetic_tiny
+
+
+def test_assign_folds_is_deterministic_and_balanced():
+  ids = [f'case_{k}' for k in range(23)]
+  folds = splits.assign_folds(ids, 5, seed=3)
+  assert folds == splits.assign_folds(list(reversed(ids)), 5, seed=3)
+  assert sorted(np.bincount(list(folds.values()))) == [4, 4, 5, 5, 5]
+  assert folds != splits.assign_folds(ids, 5, seed=4)
+
+
+def test_protocol_splits_are_disjoint_and_cover_all_folds():
+  s = splits.protocol_splits(5, test_fold=4, val_fold=3)
+  assert s == {'train': 'fold0+fold1+fold2', 'validation': 'fold3', 'test': 'fold4'}
+  assert 'validation' not in splits.protocol_splits(5, test_fold=0, val_fold=None)
+  with pytest.raises(ValueError):
+    splits.protocol_splits(5, test_fold=2, val_fold=2)
+
+
+def test_records_hold_every_slice_of_every_case_once(tiny_built, tiny_raw):
+  ds = pipeline.SliceDataset(tiny_built)
+  meta = ds.meta
+  assert len(meta['cases']) == 10
+  all_records = ds.records(range(5))
+  assert len(all_records) == len(set(all_records)) == 10 * synthetic_tiny.SHAPE[2]
+  for fold in range(5):
+    source = ds.fold_source(fold)
+    keys = [(r['case_id'].decode(), int(r['slice_index'])) for r in source]
+    assert keys == [tuple(k) for k in meta['records'][f'fold{fold}']]
+    assert {c for c, _ in keys} == set(ds.case_ids([fold]))
+  record = ds.fold_source(0)[0]
+  assert record['image'].shape == (32, 32, 4) and record['image'].dtype == np.float16
+  assert record['mask'].shape == (32, 32) and record['mask'].dtype == np.uint8
+  np.testing.assert_allclose(record['spacing'], synthetic_tiny.SPACING)
+
+
+def test_build_twice_reuses_the_records(tiny_built, tiny_raw, tiny_recipe):
+  before = (tiny_built / builder_lib.META_FILE).stat().st_mtime_ns
+  again = datasets.prepare('synthetic_tiny', tiny_recipe, data_dir=tiny_built.parents[2],
+                           num_subjects=10)
+  assert again == tiny_built
+  assert (tiny_built / builder_lib.META_FILE).stat().st_mtime_ns == before
+
+
+def _batches(ds, n):
+  it = pipeline.make_iterator(ds)
+  out = [next(it) for _ in range(n)]
+  return it, out
+
+
+def test_restored_iterator_continues_bit_for_bit(tiny_built):
+  ds = pipeline.SliceDataset(tiny_built)
+  train = pipeline.train_dataset(ds.source([0, 1, 2]), batch_size=4, seed=7)
+  _, reference = _batches(train, 9)
+  it, first = _batches(train, 4)
+  state = it.get_state()
+  fresh = pipeline.make_iterator(train)
+  fresh.set_state(state)
+  rest = [next(fresh) for _ in range(5)]
+  for a, b in zip(first + rest, reference):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['mask'], b['mask'])
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(tiny_built):
+  ds = pipeline.SliceDataset(tiny_built)
+  source = ds.source([0, 1, 2])
+  n = len(source)
+  seen = []
+  for p in range(3):
+    shard = source.seed(5).shuffle()[p::3]
+    seen.append({(r['case_id'], int(r['slice_index'])) for r in (shard[i] for i in range(len(shard)))})
+  assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+  assert sum(len(s) for s in seen) == n
+
+
+def test_epochs_are_reshuffled_and_complete(tiny_built):
+  ds = pipeline.SliceDataset(tiny_built)
+  source = ds.source([0])
+  n = len(source)
+  order = source.seed(1).shuffle().repeat().map(lambda r: int(r['slice_index']) * 100
+                                                 + hash(r['case_id']) % 100)
+  first, second = [order[i] for i in range(n)], [order[i] for i in range(n, 2 * n)]
+  assert sorted(first) == sorted(second) and first != second
+
+
+def test_augmented_batches_are_reproducible(tiny_built):
+  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+  ds = pipeline.SliceDataset(tiny_built)
+  aug = augment.Augment.from_config(augment.AUGMENT_PRESETS['mdanet'])
+  make = lambda: pipeline.train_dataset(ds.source([0, 1]), batch_size=2, seed=3, augment=aug)
+  a, b = make(), make()
+  for i in (0, 5, 11):
+    np.testing.assert_array_equal(a[i]['image'], b[i]['image'])
+    assert set(np.unique(a[i]['mask'])) <= {0, 1}
+
+
+def test_iter_cases_yields_whole_cases_in_slice_order(tiny_built):
+  ds = pipeline.SliceDataset(tiny_built)
+  cases = list(pipeline.iter_cases(ds, [4]))
+  assert [c.case_id for c in cases] == ds.case_ids([4])
+  for case in cases:
+    assert case.images.shape == (synthetic_tiny.SHAPE[2], 32, 32, 4)
+    assert case.masks.shape == (synthetic_tiny.SHAPE[2], 32, 32)
+    assert case.masks.any()
+
+
+def test_bad_file_stops_the_build_and_leaves_nothing(tmp_path, tiny_recipe):
+  raw = tmp_path / 'raw'
+  synthetic.write_dataset('synthetic_tiny', raw, 6)
+  bad = raw / 'imagesTr' / 'tiny_003_0000.nii.gz'
+  bad.write_bytes(bad.read_bytes()[:200])
+  data_dir = tmp_path / 'data'
+  with pytest.raises(DataError, match='tiny_003_0000.nii.gz'):
+    datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=raw)
+  leftovers = [p for p in data_dir.rglob('*') if p.is_file()]
+  assert not [p for p in leftovers if 'array_record' in p.name or p.name.endswith('.json')]
+
+
+def test_meta_records_source_files(tiny_built, tiny_raw):
+  meta = json.loads((tiny_built / builder_lib.META_FILE).read_text())
+  case = meta['cases']['tiny_000']
+  assert case['images']['T1'].endswith('imagesTr/tiny_000_0000.nii.gz')
+  assert case['masks'][0].endswith('labelsTr/tiny_000.nii.gz')

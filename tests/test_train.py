@@ -1,0 +1,160 @@
+"""The training system end to end on the tiny dataset: determinism, resume, sharding, NaN guard.
+
+Runs share one persistent compilation cache (conftest), so each network compiles once per session.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from agmr_jax import objectives
+from agmr_jax import optim
+from agmr_jax import reporting
+from agmr_jax import sharding as sharding_lib
+from agmr_jax import train
+from agmr_jax import train_step as train_step_lib
+from agmr_jax.models import MODELS
+from configs import unet
+from tests import conftest
+from input_pipeline import pipeline
+
+
+def tiny_config(data_dir, **overrides):
+  return conftest.tiny_config(unet, data_dir, **overrides)
+
+
+def final_params(workdir):
+  """The params of the latest checkpoint as numpy (no abstract target needed)."""
+  with ocp.CheckpointManager(workdir / 'checkpoints', item_names=('state',)) as mngr:
+    step = mngr.latest_step()
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.tree.map(np.asarray, restored.state['params'])
+
+
+def assert_trees_equal(a, b):
+  flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for x, y in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_built, data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run_a')
+  config = tiny_config(data_dir, write_predictions=True)
+  summary = train.train_and_evaluate(config, str(workdir))
+  return workdir, summary
+
+
+def test_run_writes_metrics_checkpoints_and_evaluation(uninterrupted, tiny_raw):
+  workdir, result = uninterrupted
+  rows = reporting.read_metrics(workdir)
+  assert [r['step'] for r in rows if 'train/loss' in r] == [2, 4, 6]
+  assert any('val/dice' in r for r in rows)
+  assert (workdir / 'best.json').exists()
+  out = workdir / 'eval' / 'test'
+  assert (out / 'cases.csv').exists() and (out / 'dsc_boxplot.png').exists()
+  assert len(result['rows']) == 2
+  assert {'dsc', 'hd95', 'asd'} <= set(result['rows'][0])
+
+
+def test_same_seed_gives_bitwise_identical_parameters(uninterrupted, data_dir, tmp_path):
+  workdir_a, _ = uninterrupted
+  config = tiny_config(data_dir, final_eval=False)
+  train.train_and_evaluate(config, str(tmp_path))
+  step_a, params_a = final_params(workdir_a)
+  step_b, params_b = final_params(tmp_path)
+  assert step_a == step_b == 6
+  assert_trees_equal(params_a, params_b)
+
+
+def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, data_dir, tmp_path):
+  workdir_a, _ = uninterrupted
+  config = tiny_config(data_dir, final_eval=False, stop_after_steps=4)
+  assert train.train_and_evaluate(config, str(tmp_path)) is None
+  assert final_params(tmp_path)[0] == 4
+  train.train_and_evaluate(config, str(tmp_path))  # resumes at 4 and finishes at 6
+  _, params_a = final_params(workdir_a)
+  step, params_b = final_params(tmp_path)
+  assert step == 6
+  assert_trees_equal(params_a, params_b)
+  steps = [r['step'] for r in reporting.read_metrics(tmp_path) if 'train/loss' in r]
+  assert steps == [2, 4, 6]
+
+
+def test_prediction_files_match_the_source_geometry(uninterrupted, tiny_raw):
+  workdir, result = uninterrupted
+  for row in result['rows']:
+    pred = nib.load(workdir / 'eval' / 'test' / 'predictions' / f'{row["case_id"]}.nii.gz')
+    src = nib.load(tiny_raw / 'imagesTr' / f'{row["case_id"]}_0000.nii.gz')
+    assert pred.shape == src.shape
+    np.testing.assert_allclose(pred.affine, src.affine)
+    assert pred.get_data_dtype() == np.uint8
+    assert int(np.asarray(pred.dataobj).sum()) == row['n_pred']
+
+
+@pytest.fixture(scope='module')
+def step_parts(tiny_built):
+  """A tiny U-Net, its objective and a fixed batch of 8 real slices."""
+  model = MODELS['unet'](features=(4, 8, 16, 32, 64))
+  objective = objectives.make_objective('dunet_mix')
+  ds = pipeline.SliceDataset(tiny_built)
+  batch = pipeline.train_dataset(ds.source([0, 1, 2]), batch_size=8, seed=0)[0]
+  return model, objective, batch
+
+
+def _run_steps(model, objective, batch, mesh, n=2, optimizer='adam'):
+  cfg = unet.get_config('tiny').optimizer
+  cfg.unlock()
+  cfg.name = optimizer
+  tx = optim.make_optimizer(cfg, steps_per_epoch=10, total_steps=10)
+  init_fn = train_step_lib.make_init(model, (1, *batch['image'].shape[1:]), tx)
+  repl, data = sharding_lib.replicated(mesh), sharding_lib.data_sharded(mesh)
+  shardings = jax.tree.map(lambda _: repl, jax.eval_shape(init_fn, jax.random.key(0)))
+  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
+  step = jax.jit(train_step_lib.make_train_step(model, objective),
+                 in_shardings=(shardings, data, repl), out_shardings=(shardings, repl))
+  metrics = []
+  for _ in range(n):
+    state, m = step(state, sharding_lib.global_batch(batch, mesh), jax.random.key(1))
+    metrics.append(jax.device_get(m))
+  return jax.device_get(state), metrics
+
+
+def test_eight_devices_match_one_device(step_parts):
+  model, objective, batch = step_parts
+  assert jax.device_count() == 8
+  # SGD keeps parameter differences proportional to gradient differences; Adam's first steps
+  # are ~lr * sign(g), which turns 1e-9 noise on a near-zero gradient into a 2 * lr jump.
+  one, m1 = _run_steps(model, objective, batch, sharding_lib.make_mesh(1), optimizer='sgd')
+  eight, m8 = _run_steps(model, objective, batch, sharding_lib.make_mesh(8), optimizer='sgd')
+  # Only the reduction order differs (per-device partial sums): agreement to float32 rounding.
+  np.testing.assert_allclose(m1[-1]['loss'], m8[-1]['loss'], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(one.batch_stats), jax.tree.leaves(eight.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_loss_skips_the_update_and_names_the_step(step_parts):
+  model, objective, batch = step_parts
+  bad = dict(batch, image=np.full_like(batch['image'], np.nan))
+  state, metrics = _run_steps(model, objective, bad, sharding_lib.make_mesh(1), n=1)
+  assert not metrics[0]['finite']
+  fresh, _ = _run_steps(model, objective, batch, sharding_lib.make_mesh(1), n=0)
+  assert_trees_equal(state.params, fresh.params)
+  with pytest.raises(train.NonFiniteLossError, match='step 7'):
+    train._check_finite([(6, {'finite': True, 'loss': 1.0}), (7, metrics[0])])
+
+
+def test_bf16_compute_keeps_float32_params(step_parts):
+  _, objective, batch = step_parts
+  model = MODELS['unet'](features=(4, 8, 16, 32, 64), dtype=jnp.bfloat16)
+  state, metrics = _run_steps(model, objective, batch, sharding_lib.make_mesh(1), n=1)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert np.isfinite(metrics[0]['loss'])
