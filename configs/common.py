@@ -113,10 +113,10 @@ def apply_variant(c: ml_collections.ConfigDict, v: ml_collections.ConfigDict) ->
 def apply_demo(c: ml_collections.ConfigDict) -> None:
   """The README's main job: a CPU-sized run that still learns the synthetic lesions."""
   c.data.num_subjects = 20
-  c.data.image_size = (96, 96)
+  c.data.image_size = (64, 64)
   c.batch_size = 16
-  c.eval_batch_size = 32
-  c.num_train_steps = 600
+  c.eval_batch_size = 64
+  c.num_train_steps = 500
   c.log_every_steps = 25
-  c.eval_every_steps = 200
-  c.checkpoint_every_steps = 200
+  c.eval_every_steps = 100
+  c.checkpoint_every_steps = 100

@@ -29,4 +29,6 @@ def get_config(arg: str | None = None):
     c.model_kwargs.features_3d = (4, 8, 16)
   if v.demo:
     common.apply_demo(c)
+    c.model_kwargs.features = (16, 32, 64, 128, 256)
+    c.model_kwargs.features_3d = (8, 16, 32)
   return c

@@ -72,9 +72,13 @@ class StrokeSlices(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = self._recipe.size
     features = tfds.features.FeaturesDict({
+        # Raw-bytes encoding: serialising a slice as a proto value list costs ~100 ms,
+        # as bytes ~0.6 ms (measured at 192x192x4), and the records are half the size.
         'image': tfds.features.Tensor(shape=(h, w, self._recipe.num_channels),
-                                      dtype=np.dtype(self._recipe.storage_dtype)),
-        'mask': tfds.features.Tensor(shape=(h, w), dtype=np.uint8),
+                                      dtype=np.dtype(self._recipe.storage_dtype),
+                                      encoding=tfds.features.Encoding.BYTES),
+        'mask': tfds.features.Tensor(shape=(h, w), dtype=np.uint8,
+                                     encoding=tfds.features.Encoding.BYTES),
         'case_id': tfds.features.Text(),
         'slice_index': tfds.features.Scalar(dtype=np.int32),
         'num_slices': tfds.features.Scalar(dtype=np.int32),
@@ -96,7 +100,8 @@ class StrokeSlices(tfds.core.GeneratorBasedBuilder):
             for k in range(self._num_folds)}
 
   def _generate_examples(self, cases):
-    for case in cases:
+    for k, case in enumerate(cases):
+      logging.info('  %s (%d/%d of this fold)', case.case_id, k + 1, len(cases))
       image, mask, geometry = nifti.load_case(case, self._recipe.modalities)
       stack = self._recipe.forward(image, mask)
       geometry_vec = stack.geometry.to_array()
@@ -150,7 +155,9 @@ def build(*, source: str, layout: str, recipe: recipes_lib.Recipe, data_dir: str
   manual_dir = pathlib.Path(manual_dir)
   if not manual_dir.is_dir():
     raise DataError(manual_dir, 'manual_dir does not exist or is not a folder')
-  logging.info('Building %s into %s', builder.builder_config.name, builder.data_dir)
+  if not (pathlib.Path(builder.data_dir) / META_FILE).exists():
+    logging.info('Building %s into %s', builder.builder_config.name, builder.data_dir)
+  tfds.disable_progress_bar()  # carriage-return bars garble logs; cases are logged instead
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
   builder.write_meta(manual_dir)
