@@ -99,7 +99,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   folds = dataset.split_folds(config.data.test_fold, val_fold)
   mesh = sharding_lib.make_mesh()
   local_bs = sharding_lib.local_batch_size(config.batch_size, mesh)
-  source = dataset.source(folds['train'])
+  source = pipeline.oversample_lesions(dataset.source(folds['train']),
+                                      dataset.lesion_pixels(folds['train']),
+                                      config.data.lesion_oversample)
   steps_per_epoch = max(len(source) // config.batch_size, 1)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * steps_per_epoch))

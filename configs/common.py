@@ -53,6 +53,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.test_fold = 4  # Held-out fold (cross-validation runs fold k with test_fold=k).
   c.data.val_fold = 3  # Validation fold for model selection; -1: none.
   c.data.augment = 'none'  # Key of input_pipeline.augment.AUGMENT_PRESETS.
+  c.data.lesion_oversample = 1  # Slices with a lesion appear this many times per epoch (1: off).
   c.data.worker_count = 0  # Grain worker processes (0: load in the main process).
 
   c.batch_size = 8  # Global batch size, split over all devices of all processes.

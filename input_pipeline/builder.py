@@ -15,8 +15,9 @@ written on first use. Records go to splits `fold0..fold{K-1}` (see splits.py). E
   geometry     int64 vector: recipes.SliceGeometry, to map a prediction back into the volume
 
 Next to TFDS's own files the version folder holds `slices_meta.json`: the recipe, the fold of every
-case, its source files, and per fold the (case_id, slice_index) of every record in record order,
-so evaluation can gather a case's slices without reading the whole split.
+case, its source files, and per fold the (case_id, slice_index, lesion pixels) of every record in record order,
+so evaluation can gather a case's slices without reading the whole split (and the number of
+lesion pixels of each record, for lesion oversampling).
 
 TFDS builds into an `incomplete.*` folder and renames it at the end, and removes it when
 generation raises: a bad file stops the build with its DataError and leaves no partial dataset.
@@ -141,10 +142,11 @@ class StrokeSlices(tfds.core.GeneratorBasedBuilder):
 
 
 def _record_key(record) -> list:
+  """[case_id, slice_index, lesion pixels] of a record."""
   case_id = record['case_id']
   if isinstance(case_id, bytes):
     case_id = case_id.decode()
-  return [case_id, int(record['slice_index'])]
+  return [case_id, int(record['slice_index']), int(np.count_nonzero(record['mask']))]
 
 
 def build(*, source: str, layout: str, recipe: recipes_lib.Recipe, data_dir: str | os.PathLike,
@@ -155,6 +157,7 @@ def build(*, source: str, layout: str, recipe: recipes_lib.Recipe, data_dir: str
   manual_dir = pathlib.Path(manual_dir)
   if not manual_dir.is_dir():
     raise DataError(manual_dir, 'manual_dir does not exist or is not a folder')
+  layouts.LAYOUTS[layout](manual_dir)  # fails fast, naming the folder, before TFDS starts
   if not (pathlib.Path(builder.data_dir) / META_FILE).exists():
     logging.info('Building %s into %s', builder.builder_config.name, builder.data_dir)
   tfds.disable_progress_bar()  # carriage-return bars garble logs; cases are logged instead

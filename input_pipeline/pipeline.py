@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import json
 import pathlib
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -65,7 +66,11 @@ class SliceDataset:
 
   def records(self, folds: Sequence[int]) -> list[tuple[str, int]]:
     """(case_id, slice_index) of every record of `source(folds)`, in the same order."""
-    return [tuple(r) for k in sorted(folds) for r in self.meta['records'][f'fold{k}']]
+    return [(r[0], r[1]) for k in sorted(folds) for r in self.meta['records'][f'fold{k}']]
+
+  def lesion_pixels(self, folds: Sequence[int]) -> np.ndarray:
+    """Lesion pixels of every record of `source(folds)`, in the same order."""
+    return np.array([r[2] for k in sorted(folds) for r in self.meta['records'][f'fold{k}']])
 
   def split_folds(self, test_fold: int, val_fold: int | None) -> dict[str, list[int]]:
     """Folds of the 'train', 'validation' and 'test' splits of a protocol."""
@@ -75,6 +80,37 @@ class SliceDataset:
 
   def case_ids(self, folds: Sequence[int]) -> list[str]:
     return sorted(c for c, m in self.meta['cases'].items() if m['fold'] in set(folds))
+
+
+class _Gather:
+  """A random-access source reading `source[indices[i]]` (picklable, with a stable repr)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int):
+    return self._source[int(self._indices[i])]
+
+  def __repr__(self) -> str:
+    digest = zlib.crc32(self._indices.tobytes())
+    return f'_Gather({self._source!r}, n={len(self._indices)}, indices#{digest:08x})'
+
+
+def oversample_lesions(source: grain.MapDataset, lesion_pixels: np.ndarray,
+                       factor: int) -> grain.MapDataset:
+  """Lists every slice with a lesion `factor` times (nnU-Net-style foreground oversampling).
+
+  Lesions fill a few percent of the slices of a stroke volume; repeating those slices makes a short
+  run see enough positives without changing which slices exist or how they are augmented.
+  """
+  if factor <= 1:
+    return source
+  repeats = np.where(np.asarray(lesion_pixels) > 0, factor, 1)
+  return grain.MapDataset.source(_Gather(source, np.repeat(np.arange(len(source)), repeats)))
 
 
 def to_training_element(record: Element) -> Element:

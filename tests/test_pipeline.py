@@ -39,7 +39,9 @@ def test_records_hold_every_slice_of_every_case_once(tiny_built, tiny_raw):
   for fold in range(5):
     source = ds.fold_source(fold)
     keys = [(r['case_id'].decode(), int(r['slice_index'])) for r in source]
-    assert keys == [tuple(k) for k in meta['records'][f'fold{fold}']]
+    assert keys == [(k[0], k[1]) for k in meta['records'][f'fold{fold}']]
+    assert [k[2] for k in meta['records'][f'fold{fold}']] == [
+        int(np.count_nonzero(r['mask'])) for r in source]
     assert {c for c, _ in keys} == set(ds.case_ids([fold]))
   record = ds.fold_source(0)[0]
   assert record['image'].shape == (32, 32, 4) and record['image'].dtype == np.float16
@@ -135,3 +137,33 @@ def test_meta_records_source_files(tiny_built, tiny_raw):
   case = meta['cases']['tiny_000']
   assert case['images']['T1'].endswith('imagesTr/tiny_000_0000.nii.gz')
   assert case['masks'][0].endswith('labelsTr/tiny_000.nii.gz')
+
+
+def test_lesion_oversampling_repeats_exactly_the_lesion_slices(tiny_built):
+  ds = pipeline.SliceDataset(tiny_built)
+  folds = [0, 1]
+  source, pixels = ds.source(folds), ds.lesion_pixels(folds)
+  assert 0 < (pixels > 0).sum() < len(pixels)
+  over = pipeline.oversample_lesions(source, pixels, 3)
+  assert len(over) == len(source) + 2 * int((pixels > 0).sum())
+  keys = [(over[i]['case_id'], int(over[i]['slice_index'])) for i in range(len(over))]
+  counts = {k: keys.count(k) for k in set(keys)}
+  for i, key in enumerate(ds.records(folds)):
+    assert counts[(key[0].encode(), key[1])] == (3 if pixels[i] else 1)
+  assert pipeline.oversample_lesions(source, pixels, 1) is source
+
+
+def test_worker_processes_yield_the_same_batches(tiny_built):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+  ds = pipeline.SliceDataset(tiny_built)
+  train = pipeline.train_dataset(ds.source([0, 1]), batch_size=4, seed=2)
+  _, in_process = _batches(train, 5)
+  it = pipeline.make_iterator(train, worker_count=1)
+  try:
+    with_worker = [next(it) for _ in range(5)]
+  finally:
+    it.close()
+  for a, b in zip(in_process, with_worker):
+    np.testing.assert_array_equal(a['image'], b['image'])
