@@ -1,0 +1,87 @@
+"""PyTorch twins of agmr_jax.objectives: (outputs, batch) -> per-example loss (B,).
+
+Same formulas and reductions as agmr_jax.losses, in float32 with autocast off
+(the JAX losses are float32 whatever the compute dtype). `outputs['logits']` is
+NCHW (B, K, H, W); `batch['mask']` is (B, H, W) integer. Only the loss is
+returned: the JAX objectives' extra metrics (a thresholded Dice) are part of the
+project's train step and stay in the JAX timing (a few elementwise ops).
+"""
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def _binary(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+  """(B, 1, H, W) logits and (B, H, W) mask -> float32 (B, H, W) logits and lesion target."""
+  if logits.shape[1] != 1:
+    raise ValueError(f'binary objective wants one logit channel, got {tuple(logits.shape)}')
+  return logits[:, 0].float(), (mask > 0).float()
+
+
+def _pixel_mean(x: torch.Tensor) -> torch.Tensor:
+  return x.flatten(1).mean(1)
+
+
+def soft_dice_coef(p: torch.Tensor, g: torch.Tensor, smooth: float = 1.0,
+                   squared: bool = True) -> torch.Tensor:
+  """(2 sum(p g) + s) / (sum(p^2) + sum(g^2) + s) per example (plain sums if not squared)."""
+  p, g = p.flatten(1), g.flatten(1)
+  denom = (p * p).sum(1) + (g * g).sum(1) if squared else p.sum(1) + g.sum(1)
+  return (2.0 * (p * g).sum(1) + smooth) / (denom + smooth)
+
+
+def sigmoid_focal(z: torch.Tensor, y: torch.Tensor, alpha: float | None,
+                  gamma: float) -> torch.Tensor:
+  """Pixel mean of -alpha_t (1 - p_t)^gamma log p_t for 0/1 targets: (B,).
+
+  (1 - p_t)^gamma is computed as exp(gamma log(1 - p_t)), as optax does.
+  """
+  ce = F.binary_cross_entropy_with_logits(z, y, reduction='none')
+  # 1 - p_t = sigmoid(-z) on lesion pixels, sigmoid(z) elsewhere.
+  log_one_minus_pt = torch.where(y > 0, F.logsigmoid(-z), F.logsigmoid(z))
+  loss = ce * torch.exp(gamma * log_one_minus_pt)
+  if alpha is not None:
+    loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+  return _pixel_mean(loss)
+
+
+def dunet_mix(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float = 1.1,
+              smooth: float = 1.0) -> torch.Tensor:
+  """focal(alpha, gamma) - log(soft Dice, squared sums): D-UNet's enhanced mixing loss."""
+  z, y = _binary(outputs['logits'], batch['mask'])
+  with torch.autocast(device_type=z.device.type, enabled=False):
+    return sigmoid_focal(z, y, alpha, gamma) - torch.log(
+        soft_dice_coef(torch.sigmoid(z), y, smooth))
+
+
+def soft_dice(outputs: dict, batch: dict, *, smooth: float = 1.0) -> torch.Tensor:
+  """1 - soft Dice (squared sums): CLCI-Net's loss."""
+  z, y = _binary(outputs['logits'], batch['mask'])
+  with torch.autocast(device_type=z.device.type, enabled=False):
+    return 1.0 - soft_dice_coef(torch.sigmoid(z), y, smooth)
+
+
+def bce_dice(outputs: dict, batch: dict, *, smooth: float = 1.0,
+             bce_weight: float = 1.0) -> torch.Tensor:
+  """bce_weight * BCE + (1 - soft Dice, squared sums as losses.dice_loss's default)."""
+  z, y = _binary(outputs['logits'], batch['mask'])
+  with torch.autocast(device_type=z.device.type, enabled=False):
+    bce = _pixel_mean(F.binary_cross_entropy_with_logits(z, y, reduction='none'))
+    return bce_weight * bce + 1.0 - soft_dice_coef(torch.sigmoid(z), y, smooth)
+
+
+OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
+    'dunet_mix': dunet_mix,
+    'soft_dice': soft_dice,
+    'bce_dice': bce_dice,
+}
+
+
+def make_objective(name: str, **kwargs) -> Callable[[dict, dict], torch.Tensor]:
+  if name not in OBJECTIVES:
+    raise NotImplementedError(f'no PyTorch twin of objective {name!r}; '
+                              f'known: {", ".join(sorted(OBJECTIVES))}')
+  return functools.partial(OBJECTIVES[name], **kwargs)

@@ -1,0 +1,146 @@
+"""PyTorch twins compute the same function as the Flax networks (benchmarks/torch_twins).
+
+Float32 on CPU, tiny widths at 32x32: logits agree to 1e-4 in eval mode (running
+statistics) and train mode (batch statistics), and the running statistics after
+the train-mode forward agree (torch's unbiased variance update converted to
+Flax's). Variables are random (synthetic_variables: nonzero biases, BN affine and
+statistics) so a mis-mapped leaf changes the output. Plus: the Flax -> torch
+transfer is complete at the paper widths, the torch objectives equal the JAX
+ones, and the transposed-conv rule matches Flax's 'SAME' ConvTranspose.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from agmr_jax import objectives as jax_objectives
+from agmr_jax.models import MODELS
+from agmr_jax.models import util
+from benchmarks import throughput_common
+from benchmarks.torch_twins import TWINS
+from benchmarks.torch_twins import layers as twin_layers
+from benchmarks.torch_twins import objectives as torch_objectives
+from benchmarks.torch_twins import transfer
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+TOL = 1e-4
+INPUT_SHAPE = (2, 32, 32, 4)
+# Tiny widths per twin; dropout off so train mode is deterministic in both frameworks.
+TINY = {
+    'unet': dict(features=(4, 8, 16, 32, 64)),
+    'attention_unet': dict(features=(4, 8, 16, 32, 64)),
+    'dunet': dict(features=(4, 8, 16, 32, 64), features_3d=(4, 8, 16)),
+}
+
+
+def _max_diff(a, b) -> float:
+  return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+
+
+def test_every_twin_has_a_parity_case_and_a_flax_model():
+  assert set(TWINS) == set(TINY)
+  assert set(TWINS) <= set(MODELS)
+
+
+@pytest.fixture(scope='module', params=sorted(TINY))
+def pair(request):
+  """(flax model, variables, twin with the variables loaded, input) for one network."""
+  model = MODELS[request.param](**TINY[request.param], dropout_rate=0.0)
+  variables = throughput_common.synthetic_variables(model, INPUT_SHAPE, seed=1)
+  twin = transfer.load_flax_variables(TWINS[request.param](model, INPUT_SHAPE[-1]), variables)
+  x = np.random.default_rng(2).standard_normal(INPUT_SHAPE, dtype=np.float32)
+  return model, variables, twin, x
+
+
+def test_eval_mode_logits_agree(pair):
+  model, variables, twin, x = pair
+  want = model.apply(variables, x, train=False)['logits']
+  with torch.no_grad():
+    got = twin.eval()(transfer.nhwc_to_torch(x))['logits']
+  assert got.shape == (INPUT_SHAPE[0], 1, *INPUT_SHAPE[1:3])
+  assert float(np.std(want)) > 0.1  # a non-degenerate output, so agreement means something.
+  assert _max_diff(want, transfer.torch_to_nhwc(got)) < TOL
+
+
+def test_train_mode_logits_and_running_stats_agree(pair):
+  model, variables, twin, x = pair
+  want, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  twin.train()
+  with transfer.bn_sample_counts(twin) as counts, torch.no_grad():
+    got = twin(transfer.nhwc_to_torch(x))['logits']
+  assert _max_diff(want['logits'], transfer.torch_to_nhwc(got)) < TOL
+  before = transfer.flatten(variables['batch_stats'])
+  after_flax = transfer.flatten(updates['batch_stats'])
+  after_torch = transfer.batch_stats_of(twin)
+  transfer.load_flax_variables(twin, variables)  # undo the update for the other tests.
+  assert set(after_flax) == set(after_torch)
+  for path, value in after_flax.items():
+    got_stat = after_torch[path]
+    if path[-1] == 'var':
+      got_stat = transfer.torch_running_var_to_flax(got_stat, before[path], counts[path[:-1]])
+    assert _max_diff(value, got_stat) < TOL, path
+    assert _max_diff(value, before[path]) > 1e-4, path  # the statistics did move.
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_transfer_is_complete_at_paper_widths(name):
+  """Every Flax leaf of the default network has a torch home of the same size, and back."""
+  model = MODELS[name]()
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 4)), train=False))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), dict(abstract))
+  twin = TWINS[name](model, 4)
+  state = transfer.flax_to_torch_state(twin, zeros)  # raises on any mismatch.
+  assert sum(v.numel() for v in state.values()) == util.count_params(abstract)
+
+
+def test_unmapped_leaves_fail_loudly():
+  model = MODELS['unet'](**TINY['unet'])
+  variables = throughput_common.synthetic_variables(model, INPUT_SHAPE)
+  twin = TWINS['unet'](MODELS['unet'](features=(4, 8, 16, 32)), INPUT_SHAPE[-1])
+  with pytest.raises(ValueError, match='0_down_5'):
+    transfer.flax_to_torch_state(twin, variables)
+
+
+@pytest.mark.parametrize('name,kwargs', [('dunet_mix', {'alpha': 0.48, 'gamma': 1.1}),
+                                         ('soft_dice', {}), ('bce_dice', {'bce_weight': 0.5})])
+def test_torch_objectives_match_jax(name, kwargs):
+  rng = np.random.default_rng(3)
+  logits = (3 * rng.standard_normal((3, 16, 16, 1))).astype(np.float32)
+  mask = (rng.random((3, 16, 16)) < 0.2).astype(np.uint8)
+  mask[2] = 0  # an empty slice: Dice smoothing path.
+  want, _ = jax_objectives.make_objective(name, **kwargs)({'logits': logits}, {'mask': mask})
+  got = torch_objectives.make_objective(name, **kwargs)(
+      {'logits': transfer.nhwc_to_torch(logits)}, {'mask': torch.from_numpy(mask)})
+  assert got.shape == (3,)
+  assert _max_diff(want, got.numpy()) < 1e-5
+
+
+@pytest.mark.parametrize('k', [3, 5])
+def test_conv_transpose_same_twin(k):
+  """The rule AGMR-Net's MDU twin relies on: flip + (C_in, C_out) order, front-aligned crop."""
+  x = np.random.default_rng(4).standard_normal((1, 5, 6, 3)).astype(np.float32)
+  flax_layer = nn.ConvTranspose(4, (k, k), strides=(2, 2), padding='SAME')
+  variables = flax_layer.init(jax.random.key(0), x)
+  variables = {'params': {'bias': np.full((4,), 0.3, np.float32),
+                          'kernel': np.asarray(variables['params']['kernel'])}}
+  twin = transfer.load_flax_variables(twin_layers.ConvTranspose2dSame(3, 4, k), variables)
+  with torch.no_grad():
+    got = transfer.torch_to_nhwc(twin(transfer.nhwc_to_torch(x)))
+  assert got.shape == (1, 10, 12, 4)
+  assert _max_diff(flax_layer.apply(variables, x), got) < 1e-5
+
+
+def test_channels_last_gives_the_same_logits(pair):
+  _, _, twin, x = pair
+  with torch.no_grad():
+    want = twin.eval()(transfer.nhwc_to_torch(x))['logits']
+    twin_layers.to_channels_last(twin)
+    got = twin(transfer.nhwc_to_torch(x, channels_last=True))['logits']
+    twin.to(memory_format=torch.contiguous_format)
+  assert _max_diff(want.numpy(), got.numpy()) < 1e-5
