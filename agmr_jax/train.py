@@ -4,7 +4,8 @@ Data come from built slice records (input_pipeline), one shard per process, asse
 batches sharded over the mesh's 'data' axis. The state is built sharded (eval_shape -> shardings
 -> jit(init)), the step is jitted once with a donated state, and a run started on a workdir that
 holds a checkpoint resumes from it -- the data iterator included -- and reaches the same
-parameters an uninterrupted run would. SIGTERM saves a checkpoint at the current step and returns.
+parameters an uninterrupted run would. SIGTERM (under jax.distributed: a preemption notice to any
+process, synchronised by Orbax/JAX) saves a checkpoint at the current step and raises Preempted.
 """
 
 import dataclasses
@@ -26,6 +27,7 @@ from agmr_jax import inference
 from agmr_jax import objectives
 from agmr_jax import optim
 from agmr_jax import reporting
+from agmr_jax import runtime
 from agmr_jax import sharding as sharding_lib
 from agmr_jax import train_step as train_step_lib
 from agmr_jax.models import MODELS
@@ -37,6 +39,10 @@ from input_pipeline import recipes
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or a gradient became NaN/Inf; the message names the step."""
+
+
+class Preempted(Exception):
+  """SIGTERM or a preemption notice stopped training; a checkpoint at the step reached is saved."""
 
 
 def recipe_from_config(config: ml_collections.ConfigDict) -> recipes.Recipe:
@@ -89,6 +95,7 @@ class Run:
   rng: jax.Array
   steps_per_epoch: int
   total_steps: int
+  preempted: bool = False
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run:
@@ -122,7 +129,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   init_fn = train_step_lib.make_init(model, input_shape, tx)
   state_sharding = jax.tree.map(lambda _: sharding_lib.replicated(mesh), jax.eval_shape(init_fn, init_rng))
   abstract = checkpointing.abstract_state(init_fn, init_rng, state_sharding)
-  state = jax.jit(init_fn, out_shardings=state_sharding)(init_rng)
+  state = train_step_lib.init_state(init_fn, init_rng, state_sharding)
   objective = objectives.make_objective(config.loss.name, **config.loss.kwargs.to_dict())
   step_fn = jax.jit(
       train_step_lib.make_train_step(model, objective),
@@ -133,21 +140,36 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
 
 
 class _StopFlag:
-  """Set by SIGTERM: the loop saves a checkpoint at the current step and returns."""
+  """Set by SIGTERM or a preemption sync point: the loop saves at the current step and returns.
 
-  def __init__(self):
+  Under jax.distributed SIGTERM belongs to JAX's preemption notifier (installed by
+  jax.distributed.initialize): a notice to any process makes every process reach the same sync
+  step, so all of them join the collective save. A Python handler would replace that notifier,
+  and a process stopping alone would leave the others waiting in the next collective.
+  """
+
+  def __init__(self, ckpt: checkpointing.Checkpointer):
     self.set = False
+    self.preempted = False
+    self._ckpt = ckpt
+    self._synced = jax.distributed.is_initialized()
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning('SIGTERM: saving a checkpoint and stopping')
-    self.set = True
+    self.set = self.preempted = True
+
+  def poll(self, step: int) -> None:
+    """Every process calls this at every step (the sync protocol needs it)."""
+    if self._synced and self._ckpt.reached_preemption(step):
+      logging.warning('Preemption sync point at step %d: saving a checkpoint and stopping', step)
+      self.set = self.preempted = True
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -191,11 +213,12 @@ def train_loop(run: Run) -> int:
   progress = reporting.Progress(run.total_steps, start)
   best = _best_score(run.workdir)
   history, step = [], start
-  with _StopFlag() as stop:
+  with _StopFlag(ckpt) as stop:
     while step < run.total_steps and not stop.set:
       batch = sharding_lib.global_batch(next(run.data_iter), run.mesh)
       run.state, metrics = run.step_fn(run.state, batch, run.rng)
       step += 1
+      stop.poll(step)
       history.append((step, metrics))
       if step % config.log_every_steps == 0 or step == run.total_steps:
         history = jax.device_get(history)
@@ -221,6 +244,7 @@ def train_loop(run: Run) -> int:
   _check_finite(jax.device_get(history))
   ckpt.wait()
   ckpt.close()
+  run.preempted = stop.preempted
   writer.close()
   return step
 
@@ -239,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   """Trains (resuming if possible), then evaluates the test split; returns its summary."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  runtime.set_xla_flags(config.get('deterministic', False))  # Raises if JAX started without them.
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   reporting.log_topology()
@@ -249,6 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
   step = train_loop(run)
   run.data_iter.close() if hasattr(run.data_iter, 'close') else None
   logging.info('Training stopped at step %d after %.0f s', step, time.perf_counter() - t0)
+  if run.preempted:
+    raise Preempted(f'preempted at step {step}: checkpoint saved in {run.workdir}; run the same '
+                    'command again to resume')
   if step < run.total_steps or not config.final_eval:
     return None
   return evaluate_lib.evaluate_run(run.workdir, config, split='test', checkpoint='best',

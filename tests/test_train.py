@@ -116,7 +116,7 @@ def _run_steps(model, objective, batch, mesh, n=2, optimizer='adam'):
   init_fn = train_step_lib.make_init(model, (1, *batch['image'].shape[1:]), tx)
   repl, data = sharding_lib.replicated(mesh), sharding_lib.data_sharded(mesh)
   shardings = jax.tree.map(lambda _: repl, jax.eval_shape(init_fn, jax.random.key(0)))
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
+  state = train_step_lib.init_state(init_fn, jax.random.key(0), shardings)
   step = jax.jit(train_step_lib.make_train_step(model, objective),
                  in_shardings=(shardings, data, repl), out_shardings=(shardings, repl))
   metrics = []
