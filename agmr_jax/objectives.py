@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from agmr_jax import losses
+from agmr_jax import objectives_agmr
 
 Objective = Callable[[dict, dict], tuple[jax.Array, dict]]
 
@@ -60,6 +61,7 @@ def bce_dice(outputs: dict, batch: dict, *, smooth: float = 1.0, bce_weight: flo
 
 OBJECTIVES: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     'dunet_mix': dunet_mix,
+    'agmr': objectives_agmr.agmr_loss,
     'soft_dice': soft_dice,
     'bce_dice': bce_dice,
 }

@@ -1,5 +1,6 @@
 """Networks. `MODELS[name](**fields)` builds one with the paper's defaults."""
 
+from agmr_jax.models.agmr_net import AGMRNet
 from agmr_jax.models.attention_unet import AttentionUNet
 from agmr_jax.models.dunet import DUNet
 from agmr_jax.models.unet import UNet
@@ -9,4 +10,5 @@ MODELS = {
     'unet': UNet,
     'attention_unet': AttentionUNet,
     'dunet': DUNet,
+    'agmr_net': AGMRNet,
 }

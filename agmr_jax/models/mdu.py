@@ -1,0 +1,94 @@
+"""Multi-scale deconvolution upsampling (MDU, AGMR-Net Sec. 3.3).
+
+For x (B, H, W, C_in) and kernel sizes k_1..k_n (the paper: 3, 5, 7, 9 with padding 1, 2, 3, 4):
+
+  y_i = Dropout(ReLU(BN(ConvT_{k_i x k_i, stride 2}(x))))     (B, 2H, 2W, C_out / n) each
+  y   = [y_1; ...; y_n]                                         (B, 2H, 2W, C_out)
+
+C_out defaults to C_in (the paper's C' = C_in: its Table 9 counts differ between kernel sets by
+exactly sum over stages of C_in * (C_in / 4) * (k^2 differences), e.g. {3,5,7,9} - {3,3,3,3} =
+32 * (512^2 + 256^2 + 128^2 + 64^2) = 11,141,120).
+
+Output size. PyTorch's ConvTranspose2d(k, stride 2, padding (k-1)/2, output_padding 1) gives
+2H - 1 + 1 = 2H; flax's `nn.ConvTranspose(..., strides=2, padding='SAME')` gives exactly 2H for
+every kernel size and every H, odd or even, and is the same operator up to which side the single
+extra row falls on. Even kernel sizes have no symmetric padding (k - 1)/2 and are rejected.
+
+`upsample=False` makes the same multi-scale block with stride-1 convolutions (B, H, W, C_out):
+what Table 10 places in the encoder or on the skip connections instead of the decoder.
+
+Parameters: sum_i (k_i^2 C_in C_out/n + C_out/n) + 2 C_out (BN scale/offset) trainable,
+plus 2 C_out BN moving statistics.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agmr_jax.models import layers
+
+Dtype = layers.Dtype
+
+
+def check_kernels(kernels: Sequence[int], features: int, who: str = 'MDU') -> None:
+  """Raises ValueError unless every kernel is odd and `features` splits evenly over them."""
+  kernels = tuple(kernels)
+  if not kernels:
+    raise ValueError(f'{who}: needs at least one kernel size')
+  even = [k for k in kernels if k < 1 or k % 2 == 0]
+  if even:
+    raise ValueError(
+        f'{who}: kernel sizes must be odd (padding (k - 1) / 2 keeps the output exactly 2x), '
+        f'got {even} in {kernels}')
+  if features % len(kernels):
+    raise ValueError(f'{who}: {features} output channels do not split evenly over '
+                     f'{len(kernels)} branches {kernels}')
+
+
+class MDU(nn.Module):
+  """Multi-scale (de)convolution: (B, H, W, C_in) -> (B, 2H, 2W, C_out) (or (B, H, W, C_out)).
+
+  Attributes:
+    kernels: branch kernel sizes, odd (paper: (3, 5, 7, 9); Table 9: four equal sizes).
+    features: C_out; None -> C_in.
+    dropout_rate: after each branch's BN-ReLU (rng 'dropout'; the paper gives no rate).
+    upsample: True: stride-2 transposed convs (the MDU); False: stride-1 convs, same size.
+    dtype: compute dtype; BN in float32.
+  """
+  kernels: tuple[int, ...] = (3, 5, 7, 9)
+  features: int | None = None
+  dropout_rate: float = 0.1
+  upsample: bool = True
+  dtype: Dtype = jnp.float32
+
+  def _branch(self, x: jax.Array, k: int, width: int, i: int) -> jax.Array:
+    if self.upsample:
+      return nn.ConvTranspose(width, (k, k), strides=(2, 2), padding='SAME',
+                              kernel_init=layers.he_normal, dtype=self.dtype,
+                              name=f'{i}_deconv{k}')(x)
+    return nn.Conv(width, (k, k), padding='SAME', kernel_init=layers.he_normal,
+                   dtype=self.dtype, name=f'{i}_conv{k}')(x)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f'MDU expects (B, H, W, C), got shape {x.shape}')
+    features = self.features or x.shape[-1]
+    check_kernels(self.kernels, features)
+    width = features // len(self.kernels)
+    x = x.astype(self.dtype)
+    outs = []
+    for i, k in enumerate(self.kernels):
+      y = self._branch(x, k, width, i)
+      y = nn.relu(layers.BatchNorm(use_running_average=not train, name=f'{i}_norm{k}')(y))
+      if self.dropout_rate > 0:
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+      outs.append(y.astype(self.dtype))
+    y = jnp.concatenate(outs, axis=-1)
+    factor = 2 if self.upsample else 1
+    expected = (x.shape[0], factor * x.shape[1], factor * x.shape[2], features)
+    if y.shape != expected:  # Guards the exact-2x property against padding-semantics changes.
+      raise ValueError(f'MDU: output {y.shape} is not {expected} for kernels {self.kernels}')
+    return y
