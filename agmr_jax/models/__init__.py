@@ -2,6 +2,7 @@
 
 from agmr_jax.models.agmr_net import AGMRNet
 from agmr_jax.models.attention_unet import AttentionUNet
+from agmr_jax.models.cross_attention_unet import CrossAttentionUNet
 from agmr_jax.models.dunet import DUNet
 from agmr_jax.models.unet import UNet
 
@@ -11,4 +12,5 @@ MODELS = {
     'attention_unet': AttentionUNet,
     'dunet': DUNet,
     'agmr_net': AGMRNet,
+    'cross_attention_unet': CrossAttentionUNet,
 }
