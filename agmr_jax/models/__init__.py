@@ -2,6 +2,7 @@
 
 from agmr_jax.models.agmr_net import AGMRNet
 from agmr_jax.models.attention_unet import AttentionUNet
+from agmr_jax.models.clci_net import CLCINet
 from agmr_jax.models.cross_attention_unet import CrossAttentionUNet
 from agmr_jax.models.dunet import DUNet
 from agmr_jax.models.unet import UNet
@@ -12,5 +13,6 @@ MODELS = {
     'attention_unet': AttentionUNet,
     'dunet': DUNet,
     'agmr_net': AGMRNet,
+    'clci_net': CLCINet,
     'cross_attention_unet': CrossAttentionUNet,
 }
