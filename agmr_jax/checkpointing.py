@@ -35,6 +35,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process reached the step to save a preemption checkpoint at.
+
+    Only under jax.distributed (False otherwise); call it at every step on every process.
+    """
+    return self.latest.reached_preemption(step)
+
   def save(self, step: int, state: TrainState, data_iter, *, force: bool = True) -> bool:
     """Saves (the caller decides when); returns whether it saved."""
     if step in self.latest.all_steps():

@@ -36,6 +36,7 @@ VARIANT_DEFAULTS = dict(tiny=False, demo=False, dataset='', recipe='', fold=-1, 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # The one seed: init, data order, augmentation and dropout all derive from it.
+  c.deterministic = False  # Deterministic XLA GPU kernels (agmr_jax/runtime.py); slower.
   c.model = ''  # Key of agmr_jax.models.MODELS.
   c.model_kwargs = ml_collections.ConfigDict()  # Fields overriding the network's paper defaults.
   c.compute_dtype = 'float32'  # 'bfloat16': bf16 activations, fp32 params/losses/BN statistics.
