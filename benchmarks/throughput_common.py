@@ -48,6 +48,10 @@ NETWORKS = {
                                   source='AGMR Table 4 baseline on the D-UNet 2.5D input'),
     'dunet': NetworkSpec((192, 192, 4), 'dunet_mix', _DUNET_LOSS,
                          source='D-UNet: 192x192, slices z-2..z+1'),
+    'agmr_net': NetworkSpec((192, 192, 4), 'agmr',
+                            {**_DUNET_LOSS, 'sobel_weight': 1.0, 'sobel_norm': 'l1',
+                             'cpa_weight': 0.15},
+                            source='AGMR-Net Table 2: 192x192, slices z-2..z+1'),
 }
 
 # Dense (no sparsity) tensor-core peaks from NVIDIA's H100/H200 datasheets, FLOP/s.

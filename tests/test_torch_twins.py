@@ -29,12 +29,14 @@ from benchmarks.torch_twins import transfer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TOL = 1e-4
-INPUT_SHAPE = (2, 32, 32, 4)
-# Tiny widths per twin; dropout off so train mode is deterministic in both frameworks.
-TINY = {
-    'unet': dict(features=(4, 8, 16, 32, 64)),
-    'attention_unet': dict(features=(4, 8, 16, 32, 64)),
-    'dunet': dict(features=(4, 8, 16, 32, 64), features_3d=(4, 8, 16)),
+# Per twin: tiny widths and input channels (32x32, batch 2); dropout is switched off so
+# train mode is deterministic in both frameworks.
+CASES = {
+    'unet': (dict(features=(4, 8, 16, 32, 64)), 4),
+    'attention_unet': (dict(features=(4, 8, 16, 32, 64)), 4),
+    'dunet': (dict(features=(4, 8, 16, 32, 64), features_3d=(4, 8, 16)), 4),
+    'agmr_net': (dict(features=(8, 16, 32, 64, 128), features_3d=(4, 8, 16), mdu_dropout=0.0),
+                 4),
 }
 
 
@@ -43,17 +45,18 @@ def _max_diff(a, b) -> float:
 
 
 def test_every_twin_has_a_parity_case_and_a_flax_model():
-  assert set(TWINS) == set(TINY)
+  assert set(TWINS) == set(CASES)
   assert set(TWINS) <= set(MODELS)
 
 
-@pytest.fixture(scope='module', params=sorted(TINY))
+@pytest.fixture(scope='module', params=sorted(CASES))
 def pair(request):
   """(flax model, variables, twin with the variables loaded, input) for one network."""
-  model = MODELS[request.param](**TINY[request.param], dropout_rate=0.0)
-  variables = throughput_common.synthetic_variables(model, INPUT_SHAPE, seed=1)
-  twin = transfer.load_flax_variables(TWINS[request.param](model, INPUT_SHAPE[-1]), variables)
-  x = np.random.default_rng(2).standard_normal(INPUT_SHAPE, dtype=np.float32)
+  kwargs, channels = CASES[request.param]
+  model = MODELS[request.param](**kwargs, dropout_rate=0.0)
+  x = np.random.default_rng(2).standard_normal((2, 32, 32, channels), dtype=np.float32)
+  variables = throughput_common.synthetic_variables(model, x.shape, seed=1)
+  twin = transfer.load_flax_variables(TWINS[request.param](model, channels), variables)
   return model, variables, twin, x
 
 
@@ -62,8 +65,8 @@ def test_eval_mode_logits_agree(pair):
   want = model.apply(variables, x, train=False)['logits']
   with torch.no_grad():
     got = twin.eval()(transfer.nhwc_to_torch(x))['logits']
-  assert got.shape == (INPUT_SHAPE[0], 1, *INPUT_SHAPE[1:3])
-  assert float(np.std(want)) > 0.1  # a non-degenerate output, so agreement means something.
+  assert got.shape == (x.shape[0], 1, *x.shape[1:3])
+  assert float(np.std(want)) > 0.01  # a non-degenerate output, so agreement means something.
   assert _max_diff(want, transfer.torch_to_nhwc(got)) < TOL
 
 
@@ -72,8 +75,11 @@ def test_train_mode_logits_and_running_stats_agree(pair):
   want, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   twin.train()
   with transfer.bn_sample_counts(twin) as counts, torch.no_grad():
-    got = twin(transfer.nhwc_to_torch(x))['logits']
-  assert _max_diff(want['logits'], transfer.torch_to_nhwc(got)) < TOL
+    got = twin(transfer.nhwc_to_torch(x))
+  assert set(got) == set(want)
+  assert _max_diff(want['logits'], transfer.torch_to_nhwc(got['logits'])) < TOL
+  for key in set(want) - {'logits'}:  # auxiliary outputs (CPA maps), same layout in both.
+    assert _max_diff(want[key], got[key].numpy()) < TOL, key
   before = transfer.flatten(variables['batch_stats'])
   after_flax = transfer.flatten(updates['batch_stats'])
   after_torch = transfer.batch_stats_of(twin)
@@ -87,36 +93,44 @@ def test_train_mode_logits_and_running_stats_agree(pair):
     assert _max_diff(value, before[path]) > 1e-4, path  # the statistics did move.
 
 
-@pytest.mark.parametrize('name', sorted(TINY))
+@pytest.mark.parametrize('name', sorted(CASES))
 def test_transfer_is_complete_at_paper_widths(name):
   """Every Flax leaf of the default network has a torch home of the same size, and back."""
   model = MODELS[name]()
+  channels = CASES[name][1]
   abstract = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 4)), train=False))
+      jax.random.key(0), jnp.zeros((1, 64, 64, channels)), train=False))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), dict(abstract))
-  twin = TWINS[name](model, 4)
+  twin = TWINS[name](model, channels)
   state = transfer.flax_to_torch_state(twin, zeros)  # raises on any mismatch.
   assert sum(v.numel() for v in state.values()) == util.count_params(abstract)
 
 
 def test_unmapped_leaves_fail_loudly():
-  model = MODELS['unet'](**TINY['unet'])
-  variables = throughput_common.synthetic_variables(model, INPUT_SHAPE)
-  twin = TWINS['unet'](MODELS['unet'](features=(4, 8, 16, 32)), INPUT_SHAPE[-1])
+  model = MODELS['unet'](features=(4, 8, 16, 32, 64))
+  variables = throughput_common.synthetic_variables(model, (1, 32, 32, 4))
+  twin = TWINS['unet'](MODELS['unet'](features=(4, 8, 16, 32)), 4)
   with pytest.raises(ValueError, match='0_down_5'):
     transfer.flax_to_torch_state(twin, variables)
 
 
-@pytest.mark.parametrize('name,kwargs', [('dunet_mix', {'alpha': 0.48, 'gamma': 1.1}),
-                                         ('soft_dice', {}), ('bce_dice', {'bce_weight': 0.5})])
+@pytest.mark.parametrize('name,kwargs', [
+    ('dunet_mix', {'alpha': 0.48, 'gamma': 1.1}), ('soft_dice', {}),
+    ('bce_dice', {'bce_weight': 0.5}),
+    ('agmr', {'sobel_norm': 'l1'}), ('agmr', {'sobel_norm': 'l2', 'cpa_weight': 0.3})])
 def test_torch_objectives_match_jax(name, kwargs):
   rng = np.random.default_rng(3)
-  logits = (3 * rng.standard_normal((3, 16, 16, 1))).astype(np.float32)
-  mask = (rng.random((3, 16, 16)) < 0.2).astype(np.uint8)
+  logits = (3 * rng.standard_normal((3, 24, 24, 1))).astype(np.float32)
+  mask = (rng.random((3, 24, 24)) < 0.2).astype(np.uint8)
   mask[2] = 0  # an empty slice: Dice smoothing path.
-  want, _ = jax_objectives.make_objective(name, **kwargs)({'logits': logits}, {'mask': mask})
+  outputs = {'logits': logits}
+  torch_outputs = {'logits': transfer.nhwc_to_torch(logits)}
+  if name == 'agmr':  # CPA maps on a 6x6 grid over 24x24: 4x4 patches.
+    outputs['cpa_logits'] = rng.standard_normal((3, 5, 6, 6)).astype(np.float32)
+    torch_outputs['cpa_logits'] = torch.from_numpy(outputs['cpa_logits'])
+  want, _ = jax_objectives.make_objective(name, **kwargs)(outputs, {'mask': mask})
   got = torch_objectives.make_objective(name, **kwargs)(
-      {'logits': transfer.nhwc_to_torch(logits)}, {'mask': torch.from_numpy(mask)})
+      torch_outputs, {'mask': torch.from_numpy(mask)})
   assert got.shape == (3,)
   assert _max_diff(want, got.numpy()) < 1e-5
 

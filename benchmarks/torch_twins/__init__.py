@@ -10,6 +10,7 @@ Adding a network: one module here with its torch blocks (children named as the
 Flax submodules) and a `build(model, in_channels)`, plus its line below.
 """
 
+from benchmarks.torch_twins import agmr_net
 from benchmarks.torch_twins import attention_unet
 from benchmarks.torch_twins import dunet
 from benchmarks.torch_twins import unet
@@ -18,4 +19,5 @@ TWINS = {
     'unet': unet.build,
     'attention_unet': attention_unet.build,
     'dunet': dunet.build,
+    'agmr_net': agmr_net.build,
 }

@@ -32,8 +32,7 @@ class AttentionGate(nn.Module):
     m = self._modules
     q = F.relu(m['0_theta_x'](x) + m['1_phi_g'](g))
     psi = m['2_psi'](q).float()
-    alpha = F.interpolate(torch.sigmoid(psi), scale_factor=2, mode='bilinear',
-                          align_corners=False)
+    alpha = layers.upsample_2x(torch.sigmoid(psi), 'bilinear')
     return m['3_out']((alpha * x.float()).to(x.dtype))
 
 

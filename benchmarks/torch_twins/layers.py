@@ -14,8 +14,9 @@ per-network table. What differs from Flax, and why it is still the same function
   itself uses the biased variance in both).
 * Pooling: `F.max_pool2d` / `max_pool3d` give the same values as Flax's
   reshape + max (only the gradient at exact ties differs).
-* 'SAME' padding of even kernels (the 2x2 up conv) puts the extra row/column
-  after, as TF/Flax do: explicit `F.pad(x, (0, 1, 0, 1))`.
+* 'SAME' padding: `SameConv2d` applies Flax's rule for any kernel/stride/
+  dilation; asymmetric cases (the 2x2 up conv, stride 2) pad the extra
+  row/column after, as TF/Flax do.
 * Mixed precision: under `torch.autocast` the convs run in bf16 and BatchNorm
   normalises in float32 internally, as the Flax blocks do; the head runs with
   autocast off on float32 input, as `layers.Head` returns float32 logits.
@@ -44,13 +45,43 @@ def batch_norm(features: int, dims: int = 2) -> nn.Module:
   return cls(features, eps=BN_EPSILON, momentum=BN_MOMENTUM)
 
 
-def conv(in_channels: int, features: int, kernel_size: int, dims: int = 2,
-         bias: bool = True) -> nn.Module:
-  """Stride-1 conv with odd kernel and symmetric 'SAME' padding."""
-  if kernel_size % 2 == 0:
-    raise ValueError(f'conv(): even kernel {kernel_size} needs asymmetric SAME padding')
-  cls = nn.Conv2d if dims == 2 else nn.Conv3d
-  return cls(in_channels, features, kernel_size, padding=kernel_size // 2, bias=bias)
+class SameConv2d(nn.Conv2d):
+  """Conv2d with TF/Flax 'SAME' padding for any kernel, stride and dilation.
+
+  Per spatial axis of size n: out = ceil(n / s), total padding
+  max((out - 1) s + (k - 1) d + 1 - n, 0), the smaller half before (Flax's rule).
+  Symmetric padding goes to the convolution itself; only an asymmetric one (even
+  kernels, stride 2 on even sizes) costs an explicit `F.pad`.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+               dilation: int = 1, bias: bool = True):
+    super().__init__(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation,
+                     bias=bias)
+
+  def _same_pads(self, size: Sequence[int]) -> list[tuple[int, int]]:
+    pads = []
+    for n, k, s, d in zip(size, self.kernel_size, self.stride, self.dilation):
+      total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+      pads.append((total // 2, total - total // 2))
+    return pads
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    (top, bottom), (left, right) = self._same_pads(x.shape[-2:])
+    if top == bottom and left == right:
+      return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation)
+    return F.conv2d(F.pad(x, (left, right, top, bottom)), self.weight, self.bias, self.stride,
+                    0, self.dilation)
+
+
+def conv(in_channels: int, features: int, kernel_size: int, dims: int = 2, bias: bool = True,
+         stride: int = 1, dilation: int = 1) -> nn.Module:
+  """'SAME' conv: SameConv2d in 2D; in 3D (stride 1, odd kernels only) a padded Conv3d."""
+  if dims == 2:
+    return SameConv2d(in_channels, features, kernel_size, stride, dilation, bias)
+  if kernel_size % 2 == 0 or stride != 1 or dilation != 1:
+    raise NotImplementedError('3D twins only need stride-1 odd kernels')
+  return nn.Conv3d(in_channels, features, kernel_size, padding=kernel_size // 2, bias=bias)
 
 
 def to_channels_last(module: nn.Module) -> nn.Module:
@@ -68,12 +99,16 @@ def to_channels_last(module: nn.Module) -> nn.Module:
 
 
 class ConvBNReLU(nn.Module):
-  """y = act(BN(W * x + b)); (B, C_in, *S) -> (B, features, *S). Twin of layers.ConvBNReLU."""
+  """y = act(BN(W * x + b)); (B, C_in, *S) -> (B, features, *S / stride). layers.ConvBNReLU.
+
+  `dilation` also makes it the twin of clf_aspp.AtrousConvBNReLU (same children).
+  """
 
   def __init__(self, in_channels: int, features: int, kernel_size: int = 3, dims: int = 2,
-               use_bias: bool = True, activation: bool = True):
+               use_bias: bool = True, activation: bool = True, stride: int = 1,
+               dilation: int = 1):
     super().__init__()
-    self.conv = conv(in_channels, features, kernel_size, dims, bias=use_bias)
+    self.conv = conv(in_channels, features, kernel_size, dims, use_bias, stride, dilation)
     self.bn = batch_norm(features, dims)
     self.activation = activation
 
@@ -117,21 +152,22 @@ class UpsampleConv(nn.Module):
   def __init__(self, in_channels: int, features: int, kernel_size: int | Sequence[int] = (2, 2),
                method: str = 'nearest'):
     super().__init__()
-    k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
     if method not in ('nearest', 'bilinear'):
       raise ValueError(f"UpsampleConv.method must be 'nearest' or 'bilinear', got {method!r}")
     self.method = method
-    # TF/Flax SAME: total k - 1, the smaller half before.
-    self.pads = ((k - 1) // 2, k - 1 - (k - 1) // 2) * 2
-    self.conv = nn.Conv2d(in_channels, features, k)
+    k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
+    self.conv = SameConv2d(in_channels, features, k)
     self.out_channels = features
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    if self.method == 'nearest':
-      x = F.interpolate(x, scale_factor=2, mode='nearest')
-    else:
-      x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
-    return F.relu(self.conv(F.pad(x, self.pads)))
+    return F.relu(self.conv(upsample_2x(x, self.method)))
+
+
+def upsample_2x(x: torch.Tensor, method: str = 'nearest') -> torch.Tensor:
+  """layers.upsample_nearest_2x / upsample_bilinear_2x (half-pixel centres)."""
+  if method == 'nearest':
+    return F.interpolate(x, scale_factor=2, mode='nearest')
+  return F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=False)
 
 
 class ConvTranspose2dSame(nn.ConvTranspose2d):

@@ -73,7 +73,39 @@ def bce_dice(outputs: dict, batch: dict, *, smooth: float = 1.0,
     return bce_weight * bce + 1.0 - soft_dice_coef(torch.sigmoid(z), y, smooth)
 
 
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+  """(B, H, W) -> sqrt((S_x * x)^2 + (S_y * x)^2 + 1e-6), zero padding (objectives_agmr)."""
+  sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device)
+  g = F.conv2d(x[:, None].float(), torch.stack([sx, sx.T])[:, None], padding=1)
+  return torch.sqrt((g * g).sum(1) + 1e-6)
+
+
+def agmr(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float = 1.1,
+         smooth: float = 1.0, sobel_weight: float = 1.0, sobel_norm: str = 'l1',
+         cpa_weight: float = 0.15) -> torch.Tensor:
+  """AGMR-Net's Eq. 15: focal - log Dice + Sobel + cpa_weight * sum_stages BCE(CPA, prior).
+
+  The prior map is the lesion mask max-pooled over the CPA grid: torch's adaptive
+  max pooling has the patch bounds of cpa.prior_map.
+  """
+  if sobel_norm not in ('l1', 'l2'):
+    raise ValueError(f"sobel norm must be 'l1' or 'l2', got {sobel_norm!r}")
+  z, y = _binary(outputs['logits'], batch['mask'])
+  with torch.autocast(device_type=z.device.type, enabled=False):
+    total = sigmoid_focal(z, y, alpha, gamma) - torch.log(
+        soft_dice_coef(torch.sigmoid(z), y, smooth))
+    diff = sobel_magnitude(torch.sigmoid(z)) - sobel_magnitude(y)
+    total = total + sobel_weight * _pixel_mean(diff.abs() if sobel_norm == 'l1' else diff * diff)
+    if 'cpa_logits' in outputs:
+      cpa = outputs['cpa_logits'].float()
+      prior = F.adaptive_max_pool2d(y[:, None], cpa.shape[-1]).expand_as(cpa)
+      bce = F.binary_cross_entropy_with_logits(cpa, prior, reduction='none')
+      total = total + cpa_weight * bce.mean(dim=(2, 3)).sum(1)
+  return total
+
+
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
+    'agmr': agmr,
     'dunet_mix': dunet_mix,
     'soft_dice': soft_dice,
     'bce_dice': bce_dice,
