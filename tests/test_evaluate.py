@@ -1,0 +1,117 @@
+"""agmr_jax.evaluate on a tiny trained run: reports, checkpoints, no-clobber, bad input, CLI.
+
+The tiny run is trained once per session (`trained_run`, shared with test_predict.py through the
+session's data_dir) and its evaluation is the one train.train_and_evaluate wrote at the end.
+"""
+
+import copy
+import json
+import pathlib
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from agmr_jax import evaluate
+from agmr_jax import metrics
+from agmr_jax import train
+from configs import unet
+from input_pipeline import pipeline
+from input_pipeline.errors import DataError
+from tests import conftest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def trained_run(data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+  """A tiny U-Net trained 6 steps and evaluated on its test fold; trained once per session."""
+  workdir = data_dir / 'runs' / 'unet_tiny'
+  if not (workdir / 'eval' / 'test' / 'cases.csv').exists():
+    config = conftest.tiny_config(unet, data_dir, write_predictions=True)
+    train.train_and_evaluate(config, str(workdir))
+  summary = json.loads((workdir / 'eval' / 'test' / 'summary.json').read_text())
+  return workdir, summary
+
+
+@pytest.fixture(scope='module')
+def run(tiny_built, data_dir):
+  del tiny_built
+  return trained_run(data_dir)
+
+
+def test_report_files(run):
+  workdir, summary = run
+  out = workdir / 'eval' / 'test'
+  rows = evaluate.read_cases(out)
+  assert len(rows) == summary['num_cases'] == 2
+  assert summary['run']['checkpoint'] == 'best' and summary['run']['step'] == 6
+  assert summary['run']['recipe']['name'] == 'tiny_2p5d'
+  assert evaluate.run_recipe(None, workdir).name == 'tiny_2p5d'  # predict reads it back
+  assert summary['dsc']['mean'] == pytest.approx(np.mean([r['dsc'] for r in rows]), abs=1e-12)
+  assert summary['global_dsc'] == pytest.approx(metrics.global_dsc_from_rows(rows), abs=1e-12)
+  text = (out / 'summary.md').read_text()
+  dsc = metrics.format_mean_std(summary['dsc']['mean'], summary['dsc']['std'])
+  assert f'| dsc | {dsc} |' in text
+  assert '| global_dsc |' in text
+  assert (out / 'dsc_boxplot.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert not [p for p in out.parent.iterdir() if p.name.startswith('.')]  # no staging left
+
+
+def test_rows_agree_with_the_written_masks(run, tiny_raw):
+  """Each CSV row is what metrics.py gives for the written prediction and the source truth."""
+  workdir, _ = run
+  for row in evaluate.read_cases(workdir / 'eval' / 'test'):
+    pred = nib.load(workdir / 'eval' / 'test' / 'predictions' / f"{row['case_id']}.nii.gz")
+    truth = nib.load(tiny_raw / 'labelsTr' / f"{row['case_id']}.nii.gz")
+    again = metrics.case_metrics(np.asarray(pred.dataobj), np.asarray(truth.dataobj),
+                                 truth.header.get_zooms()[:3])
+    for name in ('dsc', 'precision', 'recall', 'hd95', 'asd'):
+      assert row[name] == pytest.approx(again[name], rel=1e-12)
+    assert row['n_pred'] > 0
+
+
+def test_existing_result_is_not_replaced(run):
+  workdir, _ = run
+  before = (workdir / 'eval' / 'test' / 'cases.csv').read_bytes()
+  with pytest.raises(FileExistsError, match='--overwrite'):
+    evaluate.evaluate_run(workdir, overwrite=False)
+  assert (workdir / 'eval' / 'test' / 'cases.csv').read_bytes() == before
+
+
+def test_checkpoint_choice(run):
+  workdir, _ = run
+  result = evaluate.evaluate_run(workdir, checkpoint='latest', write_predictions=False)
+  assert result['out_dir'].name == 'test-latest' and result['step'] == 6
+  best = evaluate.read_cases(workdir / 'eval' / 'test')
+  # The tiny run validates once, at its last step: best and latest are the same state.
+  assert [r['dsc'] for r in result['rows']] == [r['dsc'] for r in best]
+  with pytest.raises(FileNotFoundError, match=r'no checkpoint at step 99 \(kept: \[.*6\]\)'):
+    evaluate.evaluate_run(workdir, checkpoint='99')
+  with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
+    evaluate.parse_checkpoint('newest')
+  assert not (workdir / 'eval' / 'test-99').exists()
+
+
+def test_bad_truth_file_names_it_and_writes_nothing(run, tiny_built, tmp_path, monkeypatch):
+  workdir, _ = run
+  dataset = pipeline.SliceDataset(tiny_built)
+  dataset.meta = copy.deepcopy(dataset.meta)
+  case_id = evaluate.read_cases(workdir / 'eval' / 'test')[1]['case_id']
+  bad = tmp_path / f'{case_id}.nii.gz'
+  bad.write_bytes(b'\x1f\x8b not really a gzip stream')
+  dataset.meta['cases'][case_id]['masks'] = [str(bad)]
+  monkeypatch.setattr(train, 'prepare_data', lambda config: dataset)
+  with pytest.raises(DataError, match=str(bad)):
+    evaluate.evaluate_run(workdir, flip_tta=True, overwrite=False)
+  assert not (workdir / 'eval' / 'test-tta').exists()
+  assert not [p for p in (workdir / 'eval').iterdir() if p.name.startswith('.')]
+
+
+def test_cli_refuses_to_overwrite(run):
+  workdir, _ = run
+  proc = subprocess.run([sys.executable, '-m', 'agmr_jax.evaluate', f'--workdir={workdir}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 1
+  assert f'error: {workdir}/eval/test: exists; pass --overwrite' in proc.stderr
