@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from agmr_jax import losses
 from agmr_jax import objectives_agmr
+from agmr_jax import objectives_mdanet
 from agmr_jax import objectives_thesis
 
 Objective = Callable[[dict, dict], tuple[jax.Array, dict]]
@@ -65,6 +66,7 @@ OBJECTIVES: dict[str, Callable[..., tuple[jax.Array, dict]]] = {
     'agmr': objectives_agmr.agmr_loss,
     'soft_dice': soft_dice,
     'bce_dice': bce_dice,
+    'mdanet': functools.partial(objectives_mdanet.mdanet_loss, hard_dice=hard_dice),
     'thesis_focal': objectives_thesis.thesis_focal,
     'thesis_ce': objectives_thesis.thesis_ce,
 }

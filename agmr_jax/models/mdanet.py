@@ -1,0 +1,160 @@
+"""MDANet (Zhang et al. 2024): multimodal difference aware network for stroke segmentation.
+
+The input channels are split into two modality groups (ISLES 2018: {CBF, CBV} vs {MTT, Tmax},
+lesion dark vs bright; ISLES 2022: DWI vs ADC), given by `groups` (channels per group, in input
+order; train.build_model passes the recipe's).
+
+  stage 1   per group, own weights: block(x_i) -> F_i^1 (B, H, W, c_1); also returned as
+            out['group_features'] for the similarity loss (objectives_mdanet.py).
+  encoder   shared weights: levels 2..L, 2x2 max-pool then block; both groups run as one batch
+            of 2B (so BatchNorm statistics are common to both groups in training as they are at
+            inference, where the running averages are necessarily shared).
+  skips     levels 1..L-1: F_D = F_m1 - F_m2 (dasc.GroupSkip), refined by DASC with the deeper
+            decoder feature (dasc.DASC) -- the skip gate of layers.DecoderStage.
+  bottleneck  level L: GCFB(channel) -> GCFB(space) -> F_1' - F_2' (gcfb.py).
+  decoder   L-1 layers.DecoderStage: 2x2 transposed conv (stride 2), concat [DASC(skip), up],
+            two 3x3 conv-BN-ReLU.
+  head      1x1 conv -> num_classes float32 logits.
+
+block = msc.MSC (chains of 1/2/3 3x3 convs, widths C/2, C/4, C/4) or, with msc=False, the
+U-Net double conv. Ablations: `skip` in {'subtract', 'add', 'concat'} (Table 4), `fusion` in
+{'gcfb', 'nonlocal', 'transformer', 'none'} (Table 5), `msc` (Table 3); the similarity loss is
+the objective's `lam` (Tables 3 and 6).
+
+Size. The paper gives 25.3 M parameters and 11.22 GFLOPs on ISLES 2018 (Table 1), 22.5 M
+without GCFB (Table 5), but no widths and no input size. Widths 64/128/256/512/1024 (the
+defaults) at a 128x128 input give, counted with `count_params` (BN 4 per channel) and XLA's cost
+analysis of the jitted forward pass (batch 1, train=False):
+  parameters      24,341,285  (-3.8 %; GCFB 2,970,368 of them, without GCFB 21,370,917)
+  XLA flops       23.40 G -> 11.70 G multiply-adds (+4.3 % on 11.22)
+Convention: XLA counts a multiply-add as 2 flops (taps that fall on zero padding are not
+counted; element-wise ops count 1 each); the PyTorch counters behind such tables (thop, ptflops)
+report multiply-adds as "FLOPs", so the paper's 11.22 G is compared with XLA flops / 2.
+The ISLES 2018 recipe's native 256x256 cannot meet both numbers: parameters pin the widths near
+64..1024 and those cost about 4x as much at 256x256 (47.2 G multiply-adds). 128x128 -- the 256x256
+maps resized by 1/2 -- is what they imply together (112x112: 8.95 G, 144x144: 14.8 G), and is this
+model's documented ISLES 2018 input (configs/mdanet.py). ISLES 2022 (2 channels) at the recipe's
+112x112: 24,317,993 parameters, 8.95 G multiply-adds; the paper's 3.57 G lies between 64x64
+(2.99 G) and 80x80 (4.60 G). Its baselines' 2018/2022 FLOPs ratios (about 4.0) suggest a 2022 input half
+the 2018 side, i.e. 64x64. The parameter count moves with the input size only through GCFB(space)
+(A is 2N x 2N and the position embedding N x C for N bottleneck pixels).
+The decoder's up path is the PyTorch U-Net's 2x2 transposed conv (UpsampleTransposed): the same
+parameters as the Keras baselines' upsample + 2x2 conv (layers.UpsampleConv) at a quarter of its
+cost, which would put the total at 13.25 G. Table 5's alternatives at 128x128: 'none'
+21,370,917 / 11.08 G (paper 22.5 M / 10.88 G), 'nonlocal' 25,578,533 / 11.63 G (27.6 M / 11.22 G),
+'transformer' 46,632,997 / 14.34 G (61.7 M / 15.83 G).
+
+Shapes: (B, H, W, sum(groups)) -> {'logits': (B, H, W, num_classes) float32,
+'group_features': ((B, H, W, c_1), (B, H, W, c_1))}; H, W multiples of 2^(L-1) (times
+`patch_size` for GCFB(space)).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agmr_jax.models import layers
+from agmr_jax.models.dasc import DASC
+from agmr_jax.models.dasc import GroupSkip
+from agmr_jax.models.gcfb import GCFBFusion
+from agmr_jax.models.gcfb import split_pair
+from agmr_jax.models.gcfb import stack_pair
+from agmr_jax.models.global_fusion import NonLocalFusion
+from agmr_jax.models.global_fusion import SubtractFusion
+from agmr_jax.models.global_fusion import TransformerFusion
+from agmr_jax.models.msc import MSC
+
+ModuleDef = layers.ModuleDef
+
+# Bottleneck fusions, all `fusion(dtype=, name=)(f1, f2, *, train) -> (B, h, w, C)`.
+FUSIONS: dict[str, ModuleDef] = {
+    'gcfb': GCFBFusion,
+    'nonlocal': NonLocalFusion,
+    'transformer': TransformerFusion,
+    'none': SubtractFusion,
+}
+
+
+class UpsampleTransposed(nn.Module):
+  """x2 up path of the PyTorch U-Net: 2x2 transposed conv, stride 2, with bias, no activation.
+
+  (B, H, W, C_in) -> (B, 2H, 2W, features); DecoderStage's `upsample` contract. Same parameter
+  count as layers.UpsampleConv (4 C_in C + C) at a quarter of its multiply-adds, which is what
+  brings MDANet to the paper's FLOPs (module docstring).
+  """
+  features: int
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train
+    return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
+                            kernel_init=layers.he_normal, dtype=self.dtype, name='conv')(x)
+
+
+class MDANet(nn.Module):
+  """MDANet; fields default to the paper (module docstring), keywords override.
+
+  Parameter tree, in network order: 0_stage1_group1, 0_stage1_group2, 1_down_2 .. 1_down_L,
+  2_skip_1 .. 2_skip_{L-1} (parameters only for skip='concat'), 3_bottleneck, 4_up_1
+  (coarsest) .. 4_up_{L-1} (each with its DASC as 1_gate), 5_head.
+
+  Attributes:
+    features: widths per level, finest first.
+    groups: input channels per modality group (exactly two groups).
+    num_classes: output channels.
+    msc: MSC encoder blocks (False: the U-Net double conv).
+    skip: how the groups' features form the skip ('subtract' = F_D).
+    fusion: key of FUSIONS.
+    patch_size: GCFB(space) patch size.
+    upsample: decoder up path (layers.DecoderStage contract).
+    dtype: compute dtype; params, BN and logits float32.
+  """
+  features: tuple[int, ...] = (64, 128, 256, 512, 1024)
+  groups: tuple[int, ...] = (2, 2)
+  num_classes: int = 1
+  msc: bool = True
+  skip: str = 'subtract'
+  fusion: str = 'gcfb'
+  patch_size: int = 1
+  upsample: ModuleDef = UpsampleTransposed
+  dtype: layers.Dtype = jnp.float32
+
+  def _block(self, features: int, name: str) -> nn.Module:
+    if self.msc:
+      return MSC(features, dtype=self.dtype, name=name)
+    return layers.DoubleConv(features, dtype=self.dtype, name=name)
+
+  def _check(self, x: jax.Array) -> None:
+    layers.check_divisible(x, 2 ** (len(self.features) - 1), 'MDANet')
+    if len(self.groups) != 2 or sum(self.groups) != x.shape[-1] or min(self.groups) < 1:
+      raise ValueError(f'MDANet: groups {self.groups} must be two positive channel counts '
+                       f'summing to the input channels ({x.shape[-1]})')
+    if self.fusion not in FUSIONS:
+      raise ValueError(f'MDANet: unknown fusion {self.fusion!r}; known: {", ".join(FUSIONS)}')
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> dict:
+    self._check(x)
+    x = x.astype(self.dtype)
+    g1 = self.groups[0]
+    f1 = self._block(self.features[0], '0_stage1_group1')(x[..., :g1], train=train)
+    f2 = self._block(self.features[0], '0_stage1_group2')(x[..., g1:], train=train)
+    skips = [GroupSkip(self.skip, dtype=self.dtype, name='2_skip_1')(f1, f2)]
+    h = stack_pair(f1, f2)
+    levels = len(self.features)
+    for level in range(2, levels + 1):
+      h = self._block(self.features[level - 1], f'1_down_{level}')(
+          layers.max_pool_2x2(h), train=train)
+      if level < levels:
+        skips.append(GroupSkip(self.skip, dtype=self.dtype, name=f'2_skip_{level}')(
+            *split_pair(h)))
+    extra = {'patch_size': self.patch_size} if self.fusion == 'gcfb' else {}
+    y = FUSIONS[self.fusion](**extra, dtype=self.dtype, name='3_bottleneck')(
+        *split_pair(h), train=train)
+    for i, level in enumerate(range(levels - 1, 0, -1), start=1):
+      y = layers.DecoderStage(
+          self.features[level - 1], upsample=self.upsample, skip_gate=DASC,
+          dtype=self.dtype, name=f'4_up_{i}')(y, skips[level - 1], train=train)
+    logits = layers.Head(self.num_classes, name='5_head')(y)
+    return {'logits': logits, 'group_features': (f1, f2)}

@@ -1,0 +1,226 @@
+"""MDANet: DASC and GCFB against their equations on fixed weights, group order, the masked
+similarity loss, the paper-size parameter count, and one train step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from agmr_jax import losses
+from agmr_jax import objectives
+from agmr_jax import objectives_mdanet
+from agmr_jax import train
+from agmr_jax import train_step as train_step_lib
+from agmr_jax.models import MODELS
+from agmr_jax.models import layers
+from agmr_jax.models import util
+from agmr_jax.models.dasc import DASC
+from agmr_jax.models.dasc import GroupSkip
+from agmr_jax.models.gcfb import ChannelGCFB
+from agmr_jax.models.gcfb import GraphConv
+from agmr_jax.models.gcfb import SpaceGCFB
+from agmr_jax.models.msc import MSC
+from configs import mdanet as mdanet_config
+
+def normal(seed, shape):
+  return np.asarray(jax.random.normal(jax.random.key(seed), shape), np.float32)
+
+
+def sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def init(module, *args, **kwargs):
+  """module.init jitted: one compilation instead of one per primitive."""
+  return jax.jit(lambda key, *a: module.init(key, *a, **kwargs))(jax.random.key(0), *args)
+
+
+def apply(module, variables, *args, **kwargs):
+  return jax.jit(lambda v, *a: module.apply(v, *a, **kwargs))(variables, *args)
+
+
+def conv1x1(x, params):
+  return x @ np.asarray(params['kernel'])[0, 0] + np.asarray(params.get('bias', 0.0))
+
+
+def test_dasc_equals_its_equations():
+  f_d, f_de = normal(0, (2, 8, 8, 6)), normal(1, (2, 4, 4, 10))
+  module = DASC()
+  variables = init(module, f_d, f_de, train=False)
+  p = variables['params']
+  guide = conv1x1(f_de, p['1_theta3']).repeat(2, axis=1).repeat(2, axis=2)
+  w = sigmoid(conv1x1(conv1x1(f_d, p['0_theta2']) + guide, p['2_theta1']))  # Eq. (2)
+  assert w.shape == (2, 8, 8, 1) and p['0_theta2']['kernel'].shape[-1] == 3  # C_int = C / 2
+  np.testing.assert_allclose(apply(module, variables, f_d, f_de, train=False),
+                             f_d + w * f_d, rtol=1e-5, atol=1e-5)  # Eq. (3)
+
+
+def test_graph_conv_equals_relu_w_i_minus_a_g():
+  g = normal(3, (2, 6, 5))
+  module = GraphConv()
+  variables = init(module, g)
+  a = np.asarray(variables['params']['0_node_conv']['kernel']).T  # (6, 6)
+  w = np.asarray(variables['params']['1_feature_conv']['kernel'])  # (5, 5)
+  expected = np.maximum(((np.eye(6) - a) @ g) @ w, 0.0)
+  assert expected.min() == 0.0 and expected.max() > 0.0  # the ReLU is exercised
+  np.testing.assert_allclose(apply(module, variables, g), expected, rtol=1e-5, atol=1e-5)
+
+
+def gcn_reference(g, params):
+  a = np.asarray(params['0_node_conv']['kernel']).T
+  return np.maximum((g - a @ g) @ np.asarray(params['1_feature_conv']['kernel']), 0.0)
+
+
+def test_channel_gcfb_equals_glore_embedding_on_the_concatenated_graph():
+  f1, f2 = normal(5, (2, 4, 4, 8)), normal(6, (2, 4, 4, 8))
+  module = ChannelGCFB()  # N = 2 nodes, E = 4 features
+  variables = init(module, f1, f2, train=False)
+  out = apply(module, variables, f1, f2, train=False)
+  p = variables['params']
+  proj = [conv1x1(f, p['0_theta']).reshape(2, 16, 2) for f in (f1, f2)]
+  state = [conv1x1(f, p['1_phi']).reshape(2, 16, 4) for f in (f1, f2)]
+  graphs = [np.swapaxes(pr, 1, 2) @ s for pr, s in zip(proj, state)]  # Eq. (4): (2, N, E)
+  updated = gcn_reference(np.concatenate(graphs, axis=1), p['2_gcn'])  # (2, 2N, E)
+  bn = p['4_bn']
+  for i, f in enumerate((f1, f2)):
+    back = (proj[i] @ updated[:, 2 * i:2 * i + 2]).reshape(2, 4, 4, 4)  # Eq. (5)
+    y = conv1x1(back, p['3_extend']) / np.sqrt(1.0 + layers.BN_EPSILON)
+    expected = f + y * np.asarray(bn['scale']) + np.asarray(bn['bias'])
+    np.testing.assert_allclose(out[i], expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_space_gcfb_uses_patches_as_nodes():
+  f1, f2 = normal(8, (1, 4, 4, 3)), normal(9, (1, 4, 4, 3))
+  module = SpaceGCFB(patch_size=2)
+  variables = init(module, f1, f2, train=False)
+  pos = np.asarray(variables['params']['position'])
+  assert pos.shape == (4, 12) and variables['params']['gcn']['0_node_conv']['kernel'].shape == (8, 8)
+  patches = lambda f: f.reshape(1, 2, 2, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(1, 4, 12)
+  graph = np.concatenate([patches(f1) + pos, patches(f2) + pos], axis=1)
+  updated = gcn_reference(graph, variables['params']['gcn'])
+  out = apply(module, variables, f1, f2, train=False)
+  for i, f in enumerate((f1, f2)):
+    back = updated[:, 4 * i:4 * i + 4].reshape(1, 2, 2, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5)
+    np.testing.assert_allclose(out[i], f + back.reshape(1, 4, 4, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_msc_parameter_count():
+  variables = jax.eval_shape(lambda: MSC(64).init(jax.random.key(0), jnp.zeros((1, 8, 8, 8)),
+                                                  train=False))
+  # Chains 32 / 16 / 16 wide: 9 (C_in C + c2^2 + 2 c3^2) + 5 (c1 + 2 c2 + 3 c3).
+  assert util.count_params(variables) == 9 * (8 * 64 + 16**2 + 2 * 16**2) + 5 * (32 + 32 + 48)
+
+
+def test_paper_size_parameter_count():
+  """Widths 64..1024 at the 128x128 ISLES 2018 input: 25.3 M in the paper (Table 1)."""
+  model = MODELS['mdanet']()
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 128, 128, 4)), train=False))
+  count = util.count_params(variables)
+  assert count == 24_341_285
+  assert abs(count - 25.3e6) / 25.3e6 < 0.05
+
+
+class _Dataset:
+  """What train.build_model reads of a dataset: the recipe's groups (DWI vs ADC)."""
+  meta = {'recipe': {'groups': [1, 1]}}
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """The tiny ISLES 2022 config's MDANet, at three levels to keep compilation short."""
+  config = mdanet_config.get_config('tiny,dataset=isles2022')
+  config.model_kwargs.features = (4, 8, 16)
+  model = train.build_model(config, _Dataset())
+  tx = optax.adam(1e-3)
+  state = jax.jit(train_step_lib.make_init(model, (2, 16, 16, 2), tx))(jax.random.key(0))
+  return config, model, state
+
+
+def test_swapping_the_groups_flips_the_sign_of_the_difference_maps(tiny):
+  _, model, state = tiny
+  x = normal(11, (2, 16, 16, 2))
+
+  @jax.jit
+  def run(variables, x):
+    out, inter = model.apply(variables, x, train=False, mutable=['intermediates'],
+                             capture_intermediates=lambda mdl, _: isinstance(mdl, GroupSkip))
+    skips = {k: v['__call__'][0] for k, v in inter['intermediates'].items() if 'skip' in k}
+    return out, skips
+
+  variables = state.variables
+  swapped = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    tree['0_stage1_group1'], tree['0_stage1_group2'] = (tree['0_stage1_group2'],
+                                                        tree['0_stage1_group1'])
+    swapped[collection] = tree
+  out, skips = run(variables, x)
+  out_swapped, skips_swapped = run(swapped, x[..., ::-1])
+  assert sorted(skips) == ['2_skip_1', '2_skip_2']
+  for name, f_d in skips.items():
+    assert float(jnp.abs(f_d).max()) > 0
+    np.testing.assert_allclose(skips_swapped[name], -f_d, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out_swapped['group_features'][0], out['group_features'][1])
+
+
+def test_similarity_loss_is_zero_for_identical_features_and_ignores_lesions():
+  f = normal(13, (2, 8, 8, 5))
+  lesion = np.zeros((2, 8, 8), np.float32)
+  lesion[:, 2:5, 3:6] = 1
+  assert np.allclose(objectives_mdanet.similarity_loss(f, f, lesion), 0.0, atol=1e-6)
+  inside_changed = np.where(lesion[..., None] > 0, normal(14, f.shape), f)
+  assert np.allclose(objectives_mdanet.similarity_loss(f, inside_changed, lesion), 0.0, atol=1e-6)
+  assert np.all(objectives_mdanet.similarity_loss(f, inside_changed, 0 * lesion) > 1e-3)
+  # The value: 1 - cos of the GAP vectors over healthy pixels.
+  g = normal(15, f.shape)
+  keep = lesion[0] == 0
+  a, b = f[0][keep].mean(axis=0), g[0][keep].mean(axis=0)
+  expected = 1 - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+  np.testing.assert_allclose(objectives_mdanet.similarity_loss(f, g, lesion)[0], expected,
+                             rtol=1e-5)
+  # An all-lesion slice has nothing to align.
+  assert float(objectives_mdanet.similarity_loss(f, g, np.ones_like(lesion))[0]) == 0.0
+
+
+def test_objective_is_dice_plus_ce_plus_lambda_similarity():
+  logits = normal(16, (2, 8, 8, 1))
+  mask = (normal(17, (2, 8, 8)) > 0.5).astype(np.uint8)
+  feats = (normal(18, (2, 8, 8, 3)), normal(19, (2, 8, 8, 3)))
+  outputs, batch = {'logits': logits, 'group_features': feats}, {'mask': mask}
+  segment = losses.dice_loss(logits, mask, squared=False) + losses.sigmoid_bce(logits, mask)
+  similarity = objectives_mdanet.similarity_loss(*feats, mask)
+  loss, metrics = objectives.make_objective('mdanet', lam=0.5)(outputs, batch)
+  np.testing.assert_allclose(loss, segment + 0.5 * similarity, rtol=1e-6)
+  assert {'dice', 'segment', 'similarity'} <= set(metrics)
+  loss0, _ = objectives.make_objective('mdanet', lam=0.0)({'logits': logits}, batch)
+  np.testing.assert_allclose(loss0, segment, rtol=1e-6)
+  with pytest.raises(ValueError, match='group_features'):
+    objectives.make_objective('mdanet', lam=1.0)({'logits': logits}, batch)
+
+
+def test_config_rows_select_the_ablations():
+  assert mdanet_config.get_config('row=t4_concat').model_kwargs.skip == 'concat'
+  assert mdanet_config.get_config('row=t5_nonlocal').model_kwargs.fusion == 'nonlocal'
+  assert mdanet_config.get_config('row=t6_lam025').loss.kwargs.lam == 0.25
+  baseline = mdanet_config.get_config('row=t3_unet')
+  assert baseline.model == 'unet' and baseline.loss.kwargs.lam == 0.0
+  c = mdanet_config.get_config('dataset=synthetic_isles2022')
+  assert c.data.recipe == 'mdanet_isles2022'
+  assert tuple(mdanet_config.get_config().data.image_size) == (128, 128)
+
+
+def test_train_step_with_the_recipes_groups(tiny):
+  """train.build_model took groups (1, 1) from the recipe; one step of Eq. (9) trains."""
+  config, model, state = tiny
+  assert model.groups == (1, 1) and model.fusion == 'gcfb' and config.loss.kwargs.lam == 1.0
+  objective = objectives.make_objective(config.loss.name, **config.loss.kwargs.to_dict())
+  lesion = np.zeros((2, 16, 16), np.uint8)
+  lesion[:, 5:10, 6:9] = 1
+  batch = {'image': normal(20, (2, 16, 16, 2)), 'mask': lesion}
+  state, metrics = jax.jit(train_step_lib.make_train_step(model, objective))(
+      state, batch, jax.random.key(1))
+  assert int(state.step) == 1 and bool(metrics['finite'])
+  assert float(metrics['similarity']) > 0 and float(metrics['grad_norm']) > 0
