@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
-exec .venv/bin/python -m agmr_jax.main \
+SECONDS=0
+.venv/bin/python -m agmr_jax.main \
   --config="${CONFIG:-configs/agmr_net.py:demo}" \
   --config.data.data_dir="${DATA_DIR:-data}" \
   --workdir="${WORKDIR:-runs/demo}"
+echo "Main job finished in $((SECONDS / 60)) min $((SECONDS % 60)) s (after installation)."

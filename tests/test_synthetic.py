@@ -57,7 +57,8 @@ def _meta(root):
 def test_registry():
   assert {n: layout for n, (_, layout) in synthetic.SYNTHETIC.items()} == {
       'synthetic_atlas': 'atlas_r12', 'synthetic_isles2018': 'isles2018',
-      'synthetic_isles2022': 'isles2022', 'synthetic_isles2017': 'isles2017'}
+      'synthetic_isles2022': 'isles2022', 'synthetic_isles2017': 'isles2017',
+      'synthetic_tiny': 'nnunet', 'synthetic_tiny_ct': 'nnunet', 'synthetic_tiny_mri': 'nnunet'}
   with pytest.raises(ValueError):
     synthetic.write_dataset('synthetic_nope', '/nonexistent/x', 1)
 
