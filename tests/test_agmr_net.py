@@ -5,6 +5,7 @@ Counts and shapes use jax.eval_shape (no compile); numerical checks run small ji
 with numpy-filled variables (no RNG kernels to compile).
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ from agmr_jax.models import MODELS
 from agmr_jax.models import cff as cff_lib
 from agmr_jax.models import cpa as cpa_lib
 from agmr_jax.models import dunet as dunet_lib
+from agmr_jax.models import mdu as mdu_lib
 from agmr_jax.models.mdu import MDU
 from agmr_jax.models.util import count_params
 from configs import agmr_net as agmr_config
@@ -226,12 +228,26 @@ def test_mdu_output_is_exactly_twice_the_input(kernels, hw):
   assert count_params(variables, include_batch_stats=False) == weights + 8 + 2 * 8
 
 
-def test_mdu_rejects_even_kernels_and_uneven_channel_splits():
+def test_mdu_rejects_even_or_unit_kernels_and_uneven_channel_splits():
   x = jax.ShapeDtypeStruct((1, 4, 4, 8), jnp.float32)
   with pytest.raises(ValueError, match=r'kernel sizes must be odd.*\[4\]'):
     jax.eval_shape(lambda x: MDU((3, 4, 5, 7)).init(KEY, x, train=False), x)
+  with pytest.raises(ValueError, match=r'at least 3.*\[1\]'):
+    jax.eval_shape(lambda x: MDU((1, 3, 5, 7)).init(KEY, x, train=False), x)
   with pytest.raises(ValueError, match='do not split evenly over 3 branches'):
     jax.eval_shape(lambda x: MDU((3, 5, 7)).init(KEY, x, train=False), x)
+
+
+@pytest.mark.parametrize('k', [3, 5, 7, 9])
+def test_subpixel_transposed_conv_equals_flax_conv_transpose(k):
+  x = jnp.asarray(np.random.default_rng(k).normal(size=(2, 5, 6, 3)), jnp.float32)
+  ours = mdu_lib.ConvTranspose2x(4, k)
+  v = _filled(jax.eval_shape(lambda x: ours.init(KEY, x), x))
+  reference = nn.ConvTranspose(4, (k, k), strides=(2, 2), padding='SAME')
+  assert jax.tree.map(jnp.shape, v) == jax.tree.map(
+      jnp.shape, jax.eval_shape(lambda x: reference.init(KEY, x), x))  # same parameters
+  np.testing.assert_allclose(jax.jit(ours.apply)(v, x), jax.jit(reference.apply)(v, x),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_mdu_matches_a_numpy_transposed_convolution():
