@@ -14,11 +14,13 @@ import argparse
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from input_pipeline import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -72,6 +74,7 @@ def main():
   parser.add_argument('--batches', type=int, default=40)
   parser.add_argument('--workers', default='0,1,2')
   args = parser.parse_args()
+  flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags; argparse owns the CLI
   logging.set_verbosity(logging.WARNING)
   data_dir = pathlib.Path(args.data_dir)
   path = datasets.prepare('synthetic_atlas', recipes.RECIPES['agmr_2p5d'], data_dir=data_dir,
