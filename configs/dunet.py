@@ -31,4 +31,5 @@ def get_config(arg: str | None = None):
     common.apply_demo(c)
     c.model_kwargs.features = (16, 32, 64, 128, 256)
     c.model_kwargs.features_3d = (8, 16, 32)
+    c.data.lesion_oversample = 3  # a short run needs to see enough lesion slices
   return c
