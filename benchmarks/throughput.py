@@ -18,6 +18,8 @@ same thing.
 
 Writes benchmarks/results/throughput-<device>-<date>[-smoke].json and .md
 (rewritten after every run, so an interrupted run keeps what it measured).
+`--time_budget S` stops starting rows after S seconds and `--resume FILE.json`
+continues a results file, so a long table can be measured in several calls.
 """
 
 import argparse
@@ -27,6 +29,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 import traceback
 
 from benchmarks import throughput_common as common
@@ -59,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--smoke', action='store_true',
                  help='CPU smoke preset: batch 1, no warm-up beyond the (excluded) first '
                       'step, 3 timed runs of 1 step')
+  p.add_argument('--resume', type=pathlib.Path,
+                 help='results JSON to extend: configurations already in it are skipped')
+  p.add_argument('--time_budget', type=float, default=0,
+                 help='seconds; no new table row starts after this (0: no limit)')
   p.add_argument('--worker', help=argparse.SUPPRESS)  # JSON config: run one configuration.
   args = p.parse_args(argv)
   if args.smoke:
@@ -102,20 +109,39 @@ def spawn(config: dict, timeout: int) -> dict:
           'stderr_tail': proc.stderr[-3000:]}
 
 
-def configurations(args):
-  """Every run, frameworks innermost so one table row is measured back to back."""
+def rows(args):
+  """Table rows, each the list of its framework runs, measured back to back."""
   for network in args.networks:
     for precision in args.precisions:
       for batch in args.batch_sizes:
         for mode in args.modes:
-          for framework in args.frameworks:
-            yield {'network': network, 'precision': precision, 'batch': batch, 'mode': mode,
-                   'framework': framework,
-                   'variant': framework.removeprefix('torch_'),
-                   'layout': 'nhwc' if framework == 'jax' else args.torch_layout,
-                   'input_shape': common.NETWORKS[network].input_shape,
-                   'warmup': args.warmup, 'repeats': args.repeats, 'steps': args.steps,
-                   'seed': args.seed}
+          yield [{'network': network, 'precision': precision, 'batch': batch, 'mode': mode,
+                  'framework': framework,
+                  'variant': framework.removeprefix('torch_'),
+                  'layout': 'nhwc' if framework == 'jax' else args.torch_layout,
+                  'input_shape': common.NETWORKS[network].input_shape,
+                  'warmup': args.warmup, 'repeats': args.repeats, 'steps': args.steps,
+                  'seed': args.seed}
+                 for framework in args.frameworks]
+
+
+def _key(run: dict) -> tuple:
+  return tuple(run[k] for k in ('network', 'precision', 'batch', 'mode', 'framework', 'layout'))
+
+
+def _start(args, started) -> tuple[dict, pathlib.Path | None]:
+  """(results, stem): fresh, or the file given to --resume with this invocation noted."""
+  invocation = {'date': started.isoformat(timespec='seconds'), 'argv': sys.argv[1:]}
+  if args.resume:
+    results = json.loads(args.resume.read_text())
+    results['meta'].setdefault('resumed', []).append(invocation)
+    return results, args.resume.with_suffix('')
+  meta = {**invocation, 'smoke': args.smoke, 'label': args.label,
+          'settings': {k: getattr(args, k) for k in (
+              'warmup', 'repeats', 'steps', 'torch_layout', 'seed')},
+          'flop_convention': ' '.join(common.__doc__.split('FLOP convention: ')[1].split()),
+          'peak_flops': common.PEAK_FLOPS}
+  return {'meta': meta, 'runs': []}, None
 
 
 def main(argv=None) -> None:
@@ -124,21 +150,21 @@ def main(argv=None) -> None:
     run_worker(json.loads(args.worker))
     return
   started = datetime.datetime.now(datetime.timezone.utc)
-  results = {'meta': {'date': started.isoformat(timespec='seconds'), 'smoke': args.smoke,
-                      'label': args.label, 'argv': sys.argv[1:],
-                      'settings': {k: getattr(args, k) for k in (
-                          'warmup', 'repeats', 'steps', 'torch_layout', 'seed')},
-                      'flop_convention': ' '.join(
-                          common.__doc__.split('FLOP convention: ')[1].split()),
-                      'peak_flops': common.PEAK_FLOPS},
-             'runs': []}
-  out = None
-  for config in configurations(args):
-    record = {**config, **spawn(config, args.timeout)}
-    results['runs'].append(record)
-    print(report.one_line(record), flush=True)
-    out = report.write(results, args.out_dir, started, smoke=args.smoke, previous=out)
-  print(f'wrote {out}.json and {out}.md')
+  results, out = _start(args, started)
+  done = {_key(r) for r in results['runs']}
+  clock = time.monotonic()
+  for row in rows(args):
+    todo = [c for c in row if _key(c) not in done]
+    if todo and args.time_budget and time.monotonic() - clock > args.time_budget:
+      print(f'time budget of {args.time_budget} s spent; continue with --resume {out}.json')
+      break
+    for config in todo:
+      record = {**spawn(config, args.timeout), **config}
+      results['runs'].append(record)
+      print(report.one_line(record), flush=True)
+      out = report.write(results, args.out_dir, started, smoke=results['meta']['smoke'],
+                         previous=out)
+  print(f'results: {out}.json and {out}.md' if out else 'nothing to run')
 
 
 if __name__ == '__main__':

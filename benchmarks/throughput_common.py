@@ -52,6 +52,13 @@ NETWORKS = {
                             {**_DUNET_LOSS, 'sobel_weight': 1.0, 'sobel_norm': 'l1',
                              'cpa_weight': 0.15},
                             source='AGMR-Net Table 2: 192x192, slices z-2..z+1'),
+    'clci_net': NetworkSpec((224, 176, 1), 'soft_dice', {'smooth': 1.0},
+                            source='CLCI-Net: ATLAS T1 cropped to 224x176'),
+    'cross_attention_unet': NetworkSpec(
+        (224, 224, 5), 'thesis_ce',
+        {'class_weights': (0.7, 2.0, 7.0), 'ds_weights': (0.03, 0.045, 0.05, 0.125, 0.25, 0.5)},
+        model_kwargs={'num_classes': 3}, num_labels=3,
+        source='thesis CT: 224x224, CT+CBF+CBV+MTT+Tmax, background/lesion/contour'),
 }
 
 # Dense (no sparsity) tensor-core peaks from NVIDIA's H100/H200 datasheets, FLOP/s.

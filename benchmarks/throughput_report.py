@@ -111,7 +111,9 @@ def markdown(results: dict) -> str:
               'claim** (tiny batches, a few timed steps, a shared CPU; XLA:CPU convolutions '
               'are known to be slower than oneDNN).', '']
   lines += [f"Date {meta['date']}; settings {json.dumps(meta['settings'])}; "
-            f"label: {meta['label'] or '-'}; command: `{' '.join(meta['argv'])}`", '']
+            f"label: {meta['label'] or '-'}; command: `{' '.join(meta['argv'])}`"]
+  lines += [f"Continued {r['date']}: `{' '.join(r['argv'])}`" for r in meta.get('resumed', [])]
+  lines += ['']
   lines += _environment(runs) + ['']
   lines += ['JAX/eager and JAX/compile: JAX images/s over PyTorch images/s in the same row '
             '(>1: JAX faster). ms = median ms/step. MFU = XLA FLOPs per step / step time / '

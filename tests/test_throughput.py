@@ -1,6 +1,9 @@
-"""The throughput harness's bookkeeping: presets, peaks, ratios (no framework runs here)."""
+"""The throughput harness's bookkeeping: presets, peaks, ratios, resume, imports (no timing)."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
@@ -12,7 +15,7 @@ from benchmarks import throughput_report as report
 def test_smoke_preset_and_flags():
   args = throughput.parse_args(['--smoke', '--networks', 'dunet', '--precisions', 'bf16'])
   assert (args.batch_sizes, args.warmup, args.repeats, args.steps) == ((1,), 0, 3, 1)
-  configs = list(throughput.configurations(args))
+  configs = [c for row in throughput.rows(args) for c in row]
   assert [c['framework'] for c in configs[:3]] == ['jax', 'torch_eager', 'torch_compile']
   assert {c['mode'] for c in configs} == {'train', 'infer'} and len(configs) == 6
   assert configs[1]['variant'] == 'eager' and configs[1]['layout'] == 'channels_last'
@@ -55,3 +58,46 @@ def test_markdown_ratio_and_mfu(tmp_path: pathlib.Path):
                       smoke=False)
   assert stem.name == 'throughput-h100-80gb-hbm3-20250102-0304'
   assert stem.with_suffix('.json').exists() and stem.with_suffix('.md').exists()
+
+
+def test_resume_runs_only_missing_configurations(tmp_path: pathlib.Path, monkeypatch):
+  spawned = []
+
+  def fake_spawn(config, timeout):
+    del timeout
+    spawned.append((config['batch'], config['framework']))
+    return {**_run(config['framework'], 10.0 * config['batch'], device='cpu'),
+            'platform': 'cpu', 'batch': config['batch'], 'mode': config['mode']}
+
+  monkeypatch.setattr(throughput, 'spawn', fake_spawn)
+  common_flags = ['--networks', 'unet', '--precisions', 'bf16', '--modes', 'infer',
+                  '--frameworks', 'jax,torch_eager', '--out_dir', str(tmp_path)]
+  throughput.main(common_flags + ['--batch_sizes', '2'])
+  (first,) = tmp_path.glob('*.json')
+  assert first.name.startswith('throughput-cpu-') and spawned == [(2, 'jax'), (2, 'torch_eager')]
+  throughput.main(common_flags + ['--batch_sizes', '2,4', '--resume', str(first)])
+  assert spawned[2:] == [(4, 'jax'), (4, 'torch_eager')]  # batch 2 was not measured again.
+  results = __import__('json').loads(first.read_text())
+  assert len(results['runs']) == 4 and len(results['meta']['resumed']) == 1
+  assert 'Continued' in first.with_suffix('.md').read_text()
+
+
+GPU_MACHINE_MISSING = ('grain', 'nibabel', 'ml_collections', 'tensorflow_datasets', 'tensorflow')
+
+
+def test_jax_worker_imports_only_what_the_gpu_machines_have():
+  """The GPU machines lack grain, nibabel, ml_collections, TFDS: the worker must not need them."""
+  blocker = (
+      'import importlib.abc, sys\n'
+      'class Block(importlib.abc.MetaPathFinder):\n'
+      '  def find_spec(self, name, path=None, target=None):\n'
+      f'    if name.split(".")[0] in {GPU_MACHINE_MISSING!r}:\n'
+      '      raise ImportError(f"{name} is not on the GPU machines")\n'
+      'sys.meta_path.insert(0, Block())\n'
+      'from benchmarks import throughput, throughput_jax\n'
+      'from agmr_jax import models, objectives, train_step\n')
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run([sys.executable, '-c', blocker], cwd=repo, capture_output=True,
+                        text=True, env={**os.environ, 'PYTHONPATH': str(repo),
+                                        'JAX_PLATFORMS': 'cpu'}, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]

@@ -12,6 +12,8 @@ Flax submodules) and a `build(model, in_channels)`, plus its line below.
 
 from benchmarks.torch_twins import agmr_net
 from benchmarks.torch_twins import attention_unet
+from benchmarks.torch_twins import clci_net
+from benchmarks.torch_twins import cross_attention_unet
 from benchmarks.torch_twins import dunet
 from benchmarks.torch_twins import unet
 
@@ -20,4 +22,6 @@ TWINS = {
     'attention_unet': attention_unet.build,
     'dunet': dunet.build,
     'agmr_net': agmr_net.build,
+    'clci_net': clci_net.build,
+    'cross_attention_unet': cross_attention_unet.build,
 }

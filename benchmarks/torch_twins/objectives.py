@@ -8,7 +8,7 @@ project's train step and stay in the JAX timing (a few elementwise ops).
 """
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,57 @@ def agmr(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float = 1.1,
   return total
 
 
+DS_WEIGHTS = (0.03, 0.045, 0.05, 0.125, 0.25, 0.5)
+
+
+def _deep_supervision(outputs: dict, head_loss, weights: Sequence[float]) -> torch.Tensor:
+  """sum_i W_i head_loss(logits_i), coarse to fine, final head last (objectives_thesis)."""
+  heads = [*outputs.get('deep_supervision', ()), outputs['logits']]
+  if len(heads) == 1:
+    return head_loss(heads[0])
+  if len(heads) != len(weights):
+    raise ValueError(f'{len(heads)} estimations but {len(weights)} deep-supervision weights')
+  return sum(w * head_loss(logits) for w, logits in zip(weights, heads))
+
+
+def thesis_focal(outputs: dict, batch: dict, *,
+                 class_weights: Sequence[float] | None = (0.3, 0.7), gamma: float = 2.0,
+                 ds_weights: Sequence[float] = DS_WEIGHTS) -> torch.Tensor:
+  """Deep-supervised sigmoid focal loss (no alpha) times a class weight map, pixel mean."""
+  y = (batch['mask'] > 0).float()
+  w = None if class_weights is None else torch.tensor(class_weights, device=y.device)[y.long()]
+
+  def head_loss(logits):
+    z, _ = _binary(logits, batch['mask'])
+    ce = F.binary_cross_entropy_with_logits(z, y, reduction='none')
+    loss = ce * torch.exp(gamma * torch.where(y > 0, F.logsigmoid(-z), F.logsigmoid(z)))
+    return _pixel_mean(loss if w is None else w * loss)
+  with torch.autocast(device_type=y.device.type, enabled=False):
+    return _deep_supervision(outputs, head_loss, ds_weights)
+
+
+def thesis_ce(outputs: dict, batch: dict, *,
+              class_weights: Sequence[float] | None = (0.7, 2.0, 7.0),
+              ds_weights: Sequence[float] = DS_WEIGHTS) -> torch.Tensor:
+  """Deep-supervised softmax CE over (background, lesion, contour), w[label] / pixel count."""
+  num_classes = outputs['logits'].shape[1]
+  labels = batch['mask'].long()
+  if num_classes == 2:
+    labels = labels.clamp(max=1)
+  w = None
+  if class_weights is not None:
+    w = torch.tensor(tuple(class_weights)[:num_classes], device=labels.device)[labels]
+
+  def head_loss(logits):
+    ce = F.cross_entropy(logits.float(), labels, reduction='none')
+    return _pixel_mean(ce if w is None else w * ce)
+  with torch.autocast(device_type=labels.device.type, enabled=False):
+    return _deep_supervision(outputs, head_loss, ds_weights)
+
+
 OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
+    'thesis_focal': thesis_focal,
+    'thesis_ce': thesis_ce,
     'agmr': agmr,
     'dunet_mix': dunet_mix,
     'soft_dice': soft_dice,
