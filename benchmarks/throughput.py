@@ -60,8 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--out_dir', type=pathlib.Path, default=REPO / 'benchmarks' / 'results')
   p.add_argument('--label', default='', help='free text stored with the results')
   p.add_argument('--smoke', action='store_true',
-                 help='CPU smoke preset: batch 1, no warm-up beyond the (excluded) first '
-                      'step, 3 timed runs of 1 step')
+                 help='CPU smoke preset: batch 2 (torch refuses train-mode BN over one '
+                      "value, CLCI's image pooling at batch 1), no warm-up beyond the "
+                      '(excluded) first step, 3 timed runs of 1 step')
   p.add_argument('--resume', type=pathlib.Path,
                  help='results JSON to extend: configurations already in it are skipped')
   p.add_argument('--time_budget', type=float, default=0,
@@ -69,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--worker', help=argparse.SUPPRESS)  # JSON config: run one configuration.
   args = p.parse_args(argv)
   if args.smoke:
-    args.batch_sizes, args.warmup, args.repeats, args.steps = (1,), 0, 3, 1
+    args.batch_sizes, args.warmup, args.repeats, args.steps = (2,), 0, 3, 1
   unknown = set(args.networks) - set(common.NETWORKS)
   if unknown:
     p.error(f'unknown networks {sorted(unknown)}; known: {", ".join(common.NETWORKS)}')

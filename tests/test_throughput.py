@@ -14,7 +14,7 @@ from benchmarks import throughput_report as report
 
 def test_smoke_preset_and_flags():
   args = throughput.parse_args(['--smoke', '--networks', 'dunet', '--precisions', 'bf16'])
-  assert (args.batch_sizes, args.warmup, args.repeats, args.steps) == ((1,), 0, 3, 1)
+  assert (args.batch_sizes, args.warmup, args.repeats, args.steps) == ((2,), 0, 3, 1)
   configs = [c for row in throughput.rows(args) for c in row]
   assert [c['framework'] for c in configs[:3]] == ['jax', 'torch_eager', 'torch_compile']
   assert {c['mode'] for c in configs} == {'train', 'infer'} and len(configs) == 6
