@@ -40,11 +40,15 @@ from input_pipeline import splits as splits_lib
 from input_pipeline.errors import DataError
 
 META_FILE = 'slices_meta.json'
+# Bumped whenever what a build writes changes (records or slices_meta.json), so an older build is
+# never silently reused: 2 = per-record lesion pixel counts in slices_meta.json.
+RECORDS_FORMAT = 2
 
 
 def config_name(source: str, recipe: recipes_lib.Recipe) -> str:
   """A readable, collision-free TFDS config name for (source, recipe settings)."""
-  fields = json.dumps(dataclasses.asdict(recipe), sort_keys=True, default=str)
+  fields = json.dumps({'format': RECORDS_FORMAT, **dataclasses.asdict(recipe)}, sort_keys=True,
+                      default=str)
   digest = hashlib.sha1(fields.encode()).hexdigest()[:8]
   h, w = recipe.size
   return f'{source}-{recipe.name}-{h}x{w}-{digest}'
