@@ -117,4 +117,5 @@ def get_config(arg: str | None = None):
     c.data.image_size = (64, 64)
     c.model_kwargs.features = (16, 32, 64, 128, 256)
     c.model_kwargs.features_3d = (8, 16, 32)
+    c.data.lesion_oversample = 3  # As D-UNet's demo: a short run must see enough lesion slices.
   return c
