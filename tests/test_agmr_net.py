@@ -20,6 +20,7 @@ from agmr_jax.models import cff as cff_lib
 from agmr_jax.models import cpa as cpa_lib
 from agmr_jax.models import dunet as dunet_lib
 from agmr_jax.models import mdu as mdu_lib
+from agmr_jax.models.agmr_net import MDUUpsample
 from agmr_jax.models.mdu import MDU
 from agmr_jax.models.util import count_params
 from configs import agmr_net as agmr_config
@@ -287,6 +288,17 @@ def test_outputs_and_parameter_tree_order():
   assert names[:4] == ['0_stem3d', '1_down_1', '1_down_1_attn', '1_down_2']
   assert list(v['params']['2_up_1']['0_up']) == ['0_mdu', '1_conv']
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))  # bf16 compute only
+
+
+def test_modules_fit_dunet_factory_contracts():
+  """CPA, CFF and the MDU up path plug into DUNet's factories: the same network, same count."""
+  via_dunet = MODELS['dunet'](fusion=cff_lib.CFF, upsample=MDUUpsample,
+                              stage_attention=cpa_lib.CPA, **TINY)
+  x = jax.ShapeDtypeStruct((1, 32, 32, 4), jnp.float32)
+  out, v = jax.eval_shape(
+      lambda x: via_dunet.init_with_output({'params': KEY, 'dropout': KEY}, x, train=False), x)
+  assert len(out['encoder_aux']) == 3 and out['encoder_aux'][0].shape == (1, 6, 6)
+  assert count_params(v) == count_params(_abstract(MODELS['agmr_net'](**TINY), x.shape))
 
 
 def test_bad_inputs_and_options_raise_clear_errors():

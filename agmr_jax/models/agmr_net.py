@@ -133,7 +133,7 @@ class AGMRNet(nn.Module):
     cff_shared_hidden: CFF's MLP structure (cff.py).
     mdu_kernels: MDU branch kernel sizes (odd; len divides every width).
     mdu_position: 'decoder' | 'skip' | 'encoder' | 'none'.
-    mdu_dropout: dropout after each MDU branch.
+    mdu_dropout: dropout after each MDU branch (the paper has one but gives no rate).
     mdu_conv: the 3x3 conv-BN-ReLU after the decoder MDU (module docstring).
     dtype: compute dtype; params, BN and logits float32.
   """
