@@ -1,6 +1,8 @@
 """CLCI-Net: parameter counts against the Keras layer list, the ConvLSTM against a hand-unrolled
 numpy reference, CLF / CLF-ASPP shapes, the Table 2 switches, and a few training steps."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -190,7 +192,9 @@ def test_cross_level_fusion_shapes_and_strides():
   assert [params[f'down_{j}']['conv']['kernel'].shape for j in (1, 2, 3)] == [
       (3, 3, 4, 16), (3, 3, 8, 16), (3, 3, 16, 16)]
   assert params['fuse']['conv']['kernel'].shape == (1, 1, 4 * 16, 64)  # 3 branches + pool
-  with pytest.raises(ValueError, match='one stride'):
+  # The message names the branch (module name) and both sizes.
+  with pytest.raises(ValueError, match=re.escape(
+      'cross-level branch down_1: cannot bring a 30x24 feature to 4x3 with one stride')):
     jax.eval_shape(lambda: block.init(KEY, [jnp.zeros((1, 30, 24, 4)), levels[2]], train=False))
 
 
@@ -204,6 +208,10 @@ def test_clf_aspp_branches_and_image_pooling():
       '3_image_pool', '4_project']
   assert variables['params']['4_project']['conv']['kernel'].shape == (1, 1, 7 * 8, 32)
   assert variables['params']['2_atrous_4']['conv']['kernel'].shape == (3, 3, 16, 8)
+  with pytest.raises(ValueError, match=re.escape(
+      'cross-level branch 0_clf_2: cannot bring a 9x6 feature to 4x3 with one stride')):
+    jax.eval_shape(lambda: aspp.init(KEY, x, [earlier[0], jnp.zeros((2, 9, 6, 8))],
+                                     train=False))
   plain = clf_aspp.CLFASPP(8, 32, cross_level=False)
   assert '0_clf_1' not in jax.eval_shape(lambda: plain.init(KEY, x, train=False))['params']
   pool = clf_aspp.ImagePooling(8)

@@ -58,7 +58,7 @@ def cross_level_branches(features: int, earlier: Sequence[jax.Array],
   """
   out = []
   for j, feature in enumerate(earlier, start=1):
-    stride = _stride_to(feature, target_hw, prefix)
+    stride = _stride_to(feature, target_hw, f'cross-level branch {prefix}{j}')
     out.append(layers.ConvBNReLU(features, (3, 3), strides=stride, dtype=dtype,
                                  name=f'{prefix}{j}')(feature, train=train))
   return out
