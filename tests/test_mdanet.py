@@ -113,14 +113,34 @@ def test_msc_parameter_count():
   assert util.count_params(variables) == 9 * (8 * 64 + 16**2 + 2 * 16**2) + 5 * (32 + 32 + 48)
 
 
-def test_paper_size_parameter_count():
-  """Widths 64..1024 at the 128x128 ISLES 2018 input: 25.3 M in the paper (Table 1)."""
-  model = MODELS['mdanet']()
-  variables = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 128, 128, 4)), train=False))
-  count = util.count_params(variables)
+def forward_cost(model, shape):
+  """(parameters with BN's 4 per channel, XLA flops of the jitted eval forward pass)."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x)
+  return util.count_params(variables), lowered.cost_analysis()['flops']
+
+
+def test_xla_flops_convention_two_per_multiply_add_padding_taps_excluded():
+  # 3x3 'SAME' conv on 4x4, one channel in and out: valid taps per axis 2 + 3 + 3 + 2 = 10, so
+  # 100 multiply-adds (144 with the padding taps) -> 200 XLA flops.
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  lowered = jax.jit(conv).lower(jnp.zeros((1, 4, 4, 1)), jnp.zeros((3, 3, 1, 1)))
+  assert lowered.cost_analysis()['flops'] == 200
+
+
+def test_paper_size_parameters_and_flops():
+  """Widths 64..1024 at the documented ISLES 2018 input (the config's 128x128, 4 maps): the
+  paper's Table 1 gives 25.3 M parameters and 11.22 G (multiply-adds = XLA flops / 2)."""
+  config = mdanet_config.get_config()
+  shape = (1, *config.data.image_size, 4)
+  assert shape == (1, 128, 128, 4)
+  count, flops = forward_cost(MODELS['mdanet'](), shape)
   assert count == 24_341_285
   assert abs(count - 25.3e6) / 25.3e6 < 0.05
+  assert flops / 2 == pytest.approx(11.696e9, rel=1e-3)  # the 11.70 G of the docstring
+  assert abs(flops / 2 - 11.22e9) / 11.22e9 < 0.05
 
 
 class _Dataset:
@@ -209,7 +229,10 @@ def test_config_rows_select_the_ablations():
   assert baseline.model == 'unet' and baseline.loss.kwargs.lam == 0.0
   c = mdanet_config.get_config('dataset=synthetic_isles2022')
   assert c.data.recipe == 'mdanet_isles2022'
-  assert tuple(mdanet_config.get_config().data.image_size) == (128, 128)
+  c = mdanet_config.get_config()
+  assert tuple(c.data.image_size) == (128, 128) and c.data.recipe == 'mdanet_isles2018'
+  assert (c.optimizer.name, c.optimizer.learning_rate, c.batch_size) == ('adam', 1e-3, 16)
+  assert c.data.augment == 'mdanet' and c.loss.kwargs.lam == 1.0
 
 
 def test_train_step_with_the_recipes_groups(tiny):
