@@ -28,12 +28,12 @@ import json
 from absl import logging
 import os
 import pathlib
-import sys
 from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
+from agmr_jax import cli
 from agmr_jax import evaluate
 from agmr_jax import metrics
 from input_pipeline.errors import DataError
@@ -240,21 +240,15 @@ def write_tables(root: pathlib.Path, result: dict) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from agmr_jax import logs  # pylint: disable=g-import-not-at-top
   from agmr_jax import train  # pylint: disable=g-import-not-at-top
-  logs.quiet_libraries()
-  f = flags.FLAGS
-  folds = [int(k) for k in f.folds] if f.folds else None
-  try:
-    result = run_crossval(f.config, f.workdir_root, folds=folds, overrides=f.set or ())
-  except (DataError, FileNotFoundError, ValueError, RuntimeError,
-          train.NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+
+  def command(f):
+    folds = [int(k) for k in f.folds] if f.folds else None
+    return run_crossval(f.config, f.workdir_root, folds=folds, overrides=f.set or ())
+
+  # A fold stopped early or diverged is also worth one line, not a traceback.
+  result = cli.run(argv, command,
+                   errors=cli.USER_ERRORS + (RuntimeError, train.NonFiniteLossError))
   print(markdown(result))
   print(f'wrote {pathlib.Path(f.workdir_root) / "crossval.md"} and crossval.csv')
 

@@ -21,27 +21,27 @@ with predict.py: evaluation and prediction restore and run a model identically.
 """
 
 import csv
+import dataclasses
 import json
 from absl import logging
 import pathlib
 import shutil
-import sys
 import tempfile
+import types
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from agmr_jax import checkpointing
+from agmr_jax import cli
 from agmr_jax import inference
 from agmr_jax import metrics
 from agmr_jax import optim
 from agmr_jax import reporting
 from agmr_jax import sharding as sharding_lib
 from agmr_jax import train_step as train_step_lib
-from agmr_jax.models import MODELS
 from input_pipeline import layouts
 from input_pipeline import nifti
 from input_pipeline import pipeline
@@ -113,11 +113,14 @@ def recipe_of(dataset: pipeline.SliceDataset) -> recipes.Recipe:
 
 
 def build_model(config: ml_collections.ConfigDict, recipe: recipes.Recipe):
-  """The run's network (as train.build_model builds it), the recipe's groups passed on."""
-  kwargs = dict(config.model_kwargs.to_dict())
-  if recipe.groups and 'groups' in MODELS[config.model].__dataclass_fields__:
-    kwargs.setdefault('groups', tuple(recipe.groups))
-  return MODELS[config.model](**kwargs, dtype=jnp.dtype(config.compute_dtype))
+  """The run's network, built by train.build_model itself (the recipe's groups passed on).
+
+  train.build_model reads only the records' metadata, whose 'recipe' entry is
+  `dataclasses.asdict(recipe)` (input_pipeline/builder.py), so that is all it is given here.
+  """
+  from agmr_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  records = types.SimpleNamespace(meta={'recipe': dataclasses.asdict(recipe)})
+  return train.build_model(config, records)
 
 
 def _choose_checkpoint(ckpt: checkpointing.Checkpointer, workdir: pathlib.Path, which):
@@ -320,20 +323,9 @@ def _print_result(rows, summary, split, step) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from agmr_jax import logs  # pylint: disable=g-import-not-at-top
-  logs.quiet_libraries()
-  f = flags.FLAGS
-  try:
-    result = evaluate_run(f.workdir, split=f.split, checkpoint=f.checkpoint,
-                          overwrite=f.overwrite, write_predictions=f.write_predictions,
-                          flip_tta=f.flip_tta)
-  except (DataError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  result = cli.run(argv, lambda f: evaluate_run(
+      f.workdir, split=f.split, checkpoint=f.checkpoint, overwrite=f.overwrite,
+      write_predictions=f.write_predictions, flip_tta=f.flip_tta))
   print(f'wrote {result["out_dir"]}')
 
 

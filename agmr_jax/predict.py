@@ -30,7 +30,6 @@ import os
 import pathlib
 import re
 import shutil
-import sys
 import tempfile
 import time
 import zlib
@@ -40,6 +39,7 @@ from absl import logging
 import nibabel as nib
 import numpy as np
 
+from agmr_jax import cli
 from agmr_jax import evaluate
 from input_pipeline import layouts
 from input_pipeline import nifti
@@ -282,20 +282,10 @@ def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabil
 
 
 def main(argv):
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
-    sys.exit(2)
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from agmr_jax import logs  # pylint: disable=g-import-not-at-top
-  logs.quiet_libraries()
-  f = flags.FLAGS
-  try:
-    predict(f.input, f.output, f.workdir, checkpoint=f.checkpoint,
-            save_probabilities=f.save_probabilities, tta=f.tta, overlay=f.overlay,
-            overwrite=f.overwrite, threshold=f.threshold, batch_size=f.batch_size)
-  except (DataError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  cli.run(argv, lambda f: predict(
+      f.input, f.output, f.workdir, checkpoint=f.checkpoint,
+      save_probabilities=f.save_probabilities, tta=f.tta, overlay=f.overlay,
+      overwrite=f.overwrite, threshold=f.threshold, batch_size=f.batch_size))
 
 
 if __name__ == '__main__':
