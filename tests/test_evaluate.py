@@ -7,6 +7,7 @@ session's data_dir) and its evaluation is the one train.train_and_evaluate wrote
 import copy
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -17,8 +18,10 @@ import pytest
 from agmr_jax import evaluate
 from agmr_jax import metrics
 from agmr_jax import train
+from configs import mdanet
 from configs import unet
 from input_pipeline import pipeline
+from input_pipeline import recipes
 from input_pipeline.errors import DataError
 from tests import conftest
 
@@ -94,16 +97,23 @@ def test_checkpoint_choice(run):
   assert not (workdir / 'eval' / 'test-99').exists()
 
 
-def test_bad_truth_file_names_it_and_writes_nothing(run, tiny_built, tmp_path, monkeypatch):
+@pytest.mark.parametrize('problem', ['unreadable', 'four_d', 'missing'])
+def test_bad_truth_file_names_it_and_writes_nothing(run, tiny_built, tmp_path, monkeypatch,
+                                                    problem):
+  """The second case's mask goes bad after the build: the first case is already scored when it
+  is read, and still nothing of the evaluation remains."""
   workdir, _ = run
   dataset = pipeline.SliceDataset(tiny_built)
   dataset.meta = copy.deepcopy(dataset.meta)
   case_id = evaluate.read_cases(workdir / 'eval' / 'test')[1]['case_id']
   bad = tmp_path / f'{case_id}.nii.gz'
-  bad.write_bytes(b'\x1f\x8b not really a gzip stream')
+  if problem == 'unreadable':
+    bad.write_bytes(b'\x1f\x8b not really a gzip stream')
+  elif problem == 'four_d':
+    nib.save(nib.Nifti1Image(np.zeros((40, 36, 12, 2), np.uint8), np.eye(4)), bad)
   dataset.meta['cases'][case_id]['masks'] = [str(bad)]
   monkeypatch.setattr(train, 'prepare_data', lambda config: dataset)
-  with pytest.raises(DataError, match=str(bad)):
+  with pytest.raises(DataError, match=re.escape(str(bad))):
     evaluate.evaluate_run(workdir, flip_tta=True, overwrite=False)
   assert not (workdir / 'eval' / 'test-tta').exists()
   assert not [p for p in (workdir / 'eval').iterdir() if p.name.startswith('.')]
@@ -115,3 +125,26 @@ def test_cli_refuses_to_overwrite(run):
                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 1
   assert f'error: {workdir}/eval/test: exists; pass --overwrite' in proc.stderr
+
+
+def test_missing_or_untrained_run_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match=re.escape(f'{tmp_path / "nope"}: run folder')):
+    evaluate.evaluate_run(tmp_path / 'nope')
+  with pytest.raises(FileNotFoundError, match=re.escape(f'{tmp_path / "config.json"}: no config')):
+    evaluate.evaluate_run(tmp_path)
+  (tmp_path / 'config.json').write_text('{"model": ')
+  with pytest.raises(DataError, match=re.escape(f'{tmp_path / "config.json"}: not valid JSON')):
+    evaluate.evaluate_run(tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['config.json']  # nothing written
+
+
+def test_build_model_is_train_build_model_with_the_recipes_groups():
+  """predict/evaluate build the network through train.build_model: the recipe's groups reach
+  MDANet as they did in training."""
+  config = mdanet.get_config('tiny,dataset=isles2022')
+  model = evaluate.build_model(config, recipes.RECIPES['mdanet_isles2022'])
+  assert type(model).__name__ == 'MDANet' and model.groups == (1, 1)
+  assert model.features == tuple(config.model_kwargs.features)
+  assert evaluate.build_model(config, recipes.RECIPES['mdanet_isles2018']).groups == (2, 2)
+  assert not hasattr(evaluate.build_model(unet.get_config('tiny'),
+                                          recipes.RECIPES['mdanet_isles2018']), 'groups')

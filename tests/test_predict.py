@@ -1,5 +1,6 @@
 """agmr_jax.predict: NIfTI in, masks out, identical to what evaluate scored; bad input refused."""
 
+import dataclasses
 import pathlib
 import re
 import shutil
@@ -153,6 +154,32 @@ def test_bad_input_names_the_file_and_writes_nothing(run, tmp_path, problem):
     assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
   else:
     assert not out.exists()
+
+
+@pytest.mark.parametrize('problem', ['missing_channel', 'extra_channel', 'single_file'])
+def test_modality_problems_of_a_two_modality_run_stop_before_any_output(
+    run, tmp_path, monkeypatch, problem):
+  """A run taking two modalities (its recipe swapped in) given the wrong channels."""
+  workdir, _ = run
+  recipe = dataclasses.replace(evaluate.run_recipe(None, workdir), modalities=('DWI', 'ADC'))
+  monkeypatch.setattr(evaluate, 'run_recipe', lambda config, workdir: recipe)
+  inputs, out = tmp_path / 'in', tmp_path / 'out'
+  inputs.mkdir()
+  for name in ('p1_0000', 'p1_0001', 'p2_0000', 'p2_0001'):
+    _write(inputs / f'{name}.nii.gz', np.ones((8, 8, 4)))
+  source, named = inputs, inputs
+  if problem == 'missing_channel':
+    (inputs / 'p2_0001.nii.gz').unlink()
+    message = 'case p2 is missing channel 0001 (ADC, expected p2_0001.nii.gz)'
+  elif problem == 'extra_channel':
+    named = _write(inputs / 'p2_0002.nii.gz', np.ones((8, 8, 4)))
+    message = "channel 0002 but only 2 channel(s): ('DWI', 'ADC')"
+  else:
+    source = named = inputs / 'p1_0000.nii.gz'
+    message = 'the run takes 2 modalities'
+  with pytest.raises(DataError, match=re.escape(f'{named}: {message}')):
+    predict.predict(source, out, workdir)
+  assert not out.exists()
 
 
 def test_failure_in_a_later_case_leaves_no_output(run, tiny_raw, tmp_path):
