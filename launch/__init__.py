@@ -1,0 +1,1 @@
+"""Launchers: local multi-process, SLURM, Kubernetes, TPU VM, and sweeps."""
