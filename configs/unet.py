@@ -8,3 +8,18 @@ def get_config(arg: str | None = None):
   c.model = 'unet'
   c.model_kwargs = {'features': tuple(c.model_kwargs.features)} if 'features' in c.model_kwargs else {}
   return c
+
+
+def get_sweep(arg: str | None = None):
+  """5-fold cross-validation x 3 seeds (15 runs; `python -m launch.sweep`); tiny: 2 folds x 2.
+
+  Each fold k tests on fold k and selects the checkpoint on fold k + 1, as the `fold=k` variant.
+  """
+  num_folds = get_config(arg).data.num_folds
+  tiny = 'tiny' in [item.partition('=')[0] for item in (arg or '').split(',')]
+  if tiny:  # The last two folds: the tiny dataset's test fold (4) and one more.
+    folds, seeds = range(num_folds - 2, num_folds), range(2)
+  else:
+    folds, seeds = range(num_folds), range(3)
+  return [{'data.test_fold': k, 'data.val_fold': (k + 1) % num_folds, 'seed': s}
+          for k in folds for s in seeds]
