@@ -17,9 +17,14 @@ weighted by alpha as well, each term a mean over all pixels. So the mapping is t
 optax alpha = 0.48. The cross-attention U-Net's class weight map (0.3 background, 0.7 lesion) on a
 focal loss is the same thing as alpha = 0.7.
 
-Difference from the Keras EML: Keras flattens the whole batch, so its Dice is pooled over the
-batch; here Dice is per example (the project's per-example contract). The focal term is the same
-after a mean over the batch. Keras also clips probabilities at 1e-7; the log-space form here needs
+Dice pooling. Keras flattens the whole batch, so the EML's Dice is pooled over the batch: one
+Dice of all the batch's pixels. `dice_pooling='batch'` does the same (under data parallelism the
+batch is the global one, so the value does not depend on the device count) and returns that value
+for every example, so the caller's mean is it; `'example'` is one Dice per slice. They differ
+most on slices without lesion: per example, such a slice's Dice is s / (sum(p^2) + s), and
+-log of it pulls every probability on every empty slice towards 0 as hard as a lesion slice
+pulls towards its lesion, which slows learning of small lesions. The focal term is the same
+either way after a mean over the batch. Keras also clips probabilities at 1e-7; the log-space form here needs
 no clipping.
 """
 
@@ -85,18 +90,37 @@ def soft_dice(probs, targets, *, smooth: float = 1.0, squared: bool = True,
   return (2.0 * intersection + smooth) / (denom + smooth)
 
 
-def dice_loss(logits, targets, *, smooth: float = 1.0, squared: bool = True) -> jax.Array:
+DICE_POOLINGS = ('example', 'batch')
+
+
+def pooled_soft_dice(probs, targets, *, smooth: float = 1.0, squared: bool = True,
+                     pooling: str = 'example') -> jax.Array:
+  """soft_dice per example ('example') or over the whole batch ('batch', repeated B times): (B,)."""
+  if pooling == 'example':
+    return soft_dice(probs, targets, smooth=smooth, squared=squared)
+  if pooling == 'batch':
+    p = _f32(probs)
+    dice = soft_dice(p, targets, smooth=smooth, squared=squared, axis=tuple(range(p.ndim)))
+    return jnp.broadcast_to(dice, p.shape[:1])
+  raise ValueError(f'dice pooling must be one of {DICE_POOLINGS}, got {pooling!r}')
+
+
+def dice_loss(logits, targets, *, smooth: float = 1.0, squared: bool = True,
+              pooling: str = 'example') -> jax.Array:
   """1 - soft Dice of sigmoid(logits) (binary head): (B,)."""
   logits = _f32(logits)
   targets = _match_targets(logits, targets)
-  return 1.0 - soft_dice(jax.nn.sigmoid(logits), targets, smooth=smooth, squared=squared)
+  return 1.0 - pooled_soft_dice(jax.nn.sigmoid(logits), targets, smooth=smooth, squared=squared,
+                                pooling=pooling)
 
 
-def log_dice_loss(logits, targets, *, smooth: float = 1.0, squared: bool = True) -> jax.Array:
+def log_dice_loss(logits, targets, *, smooth: float = 1.0, squared: bool = True,
+                  pooling: str = 'example') -> jax.Array:
   """-log(soft Dice of sigmoid(logits)): (B,). Finite: Dice >= s / (denominator + s) > 0."""
   logits = _f32(logits)
   targets = _match_targets(logits, targets)
-  return -jnp.log(soft_dice(jax.nn.sigmoid(logits), targets, smooth=smooth, squared=squared))
+  return -jnp.log(pooled_soft_dice(jax.nn.sigmoid(logits), targets, smooth=smooth,
+                                   squared=squared, pooling=pooling))
 
 
 def sigmoid_focal_loss(logits, targets, *, alpha: Optional[float] = None, gamma: float = 2.0,
@@ -159,13 +183,14 @@ def softmax_ce(logits, labels, *, class_weights: Optional[Sequence[float]] = Non
 
 
 def dunet_loss(logits, targets, *, alpha: float = 0.48, gamma: float = 1.1,
-               smooth: float = 1.0) -> jax.Array:
+               smooth: float = 1.0, dice_pooling: str = 'example') -> jax.Array:
   """D-UNet / AGMR-Net "enhanced mixing loss": focal - log(soft Dice), per example (B,).
 
-  Focal: mean over pixels, alpha on lesion pixels; Dice: squared sums, smoothing `smooth`.
+  Focal: mean over pixels, alpha on lesion pixels; Dice: squared sums, smoothing `smooth`,
+  per example or pooled over the batch (`dice_pooling`, module docstring).
   """
   focal = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
-  return focal + log_dice_loss(logits, targets, smooth=smooth, squared=True)
+  return focal + log_dice_loss(logits, targets, smooth=smooth, squared=True, pooling=dice_pooling)
 
 
 def reduce_loss(values, weights=None, reduction: str = 'mean') -> jax.Array:

@@ -36,11 +36,12 @@ def hard_dice(logits: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def dunet_mix(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float = 1.1,
-              smooth: float = 1.0):
+              smooth: float = 1.0, dice_pooling: str = 'example'):
   """D-UNet's enhanced mixing loss: focal - log(soft Dice)."""
   target = _binary_target(batch)
   logits = outputs['logits']
-  loss = losses.dunet_loss(logits, target, alpha=alpha, gamma=gamma, smooth=smooth)
+  loss = losses.dunet_loss(logits, target, alpha=alpha, gamma=gamma, smooth=smooth,
+                           dice_pooling=dice_pooling)
   return loss, {'dice': hard_dice(logits, target)}
 
 

@@ -7,7 +7,8 @@
 
 p = sigmoid(logits), g the binary mask (lesion = any non-zero label). Focal: alpha 0.48 on
 lesion pixels, gamma 1.1; Dice: squared sums, smoothing 1 (losses.dunet_loss, whose docstring
-fixes the conventions). cg_i = sigmoid of CPA stage i's 6x6 logits, cp = the prior map (the
+fixes the conventions; `dice_pooling='batch'` pools the Dice over the batch as the Keras
+reference does). cg_i = sigmoid of CPA stage i's 6x6 logits, cp = the prior map (the
 mask max-pooled over the same patch grid, models/cpa.prior_map); BCE is the mean over the 36
 patches, computed from logits.
 
@@ -72,7 +73,7 @@ def cpa_bce(cpa_logits: jax.Array, mask: jax.Array) -> jax.Array:
 
 def agmr_loss(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float = 1.1,
               smooth: float = 1.0, sobel_weight: float = 1.0, sobel_norm: str = 'l1',
-              cpa_weight: float = 0.15) -> tuple[jax.Array, dict]:
+              cpa_weight: float = 0.15, dice_pooling: str = 'example') -> tuple[jax.Array, dict]:
   """Eq. 15 per example, plus each term as a metric."""
   # Imported here: objectives.py registers this function, so importing it at module level
   # would be circular.
@@ -80,7 +81,8 @@ def agmr_loss(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float =
   target = (batch['mask'] > 0).astype(jnp.float32)
   logits = outputs['logits']
   focal = losses.sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma)
-  log_dice = losses.log_dice_loss(logits, target, smooth=smooth, squared=True)
+  log_dice = losses.log_dice_loss(logits, target, smooth=smooth, squared=True,
+                                  pooling=dice_pooling)
   sobel = sobel_loss(logits, target, norm=sobel_norm)
   total = focal + log_dice + sobel_weight * sobel
   metrics = {'dice': hard_dice(logits, target), 'focal': jnp.mean(focal),

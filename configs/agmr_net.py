@@ -99,6 +99,7 @@ def get_config(arg: str | None = None):
   c.loss.kwargs.alpha = 0.48  # Focal weight of lesion pixels (D-UNet's).
   c.loss.kwargs.gamma = 1.1  # Focal exponent.
   c.loss.kwargs.smooth = 1.0  # Dice smoothing (squared sums).
+  c.loss.kwargs.dice_pooling = 'batch'  # One Dice over the batch, as D-UNet's Keras code.
   c.loss.kwargs.sobel_weight = 1.0  # Eq. 15 adds the Sobel loss unweighted.
   c.loss.kwargs.sobel_norm = 'l1'  # Sobel magnitudes compared by L1 ('l2' also available).
   c.loss.kwargs.cpa_weight = 0.15  # Per CPA stage (ignored without CPA outputs).

@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
   c.loss.name = 'dunet_mix'
   c.loss.kwargs.alpha = 0.48  # Focal weight of lesion pixels.
   c.loss.kwargs.gamma = 1.1  # Focal exponent.
+  c.loss.kwargs.dice_pooling = 'batch'  # One Dice over the batch, as D-UNet's Keras code.
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = 'exponential'

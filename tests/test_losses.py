@@ -41,6 +41,23 @@ def test_dice_losses_hand_values():
       losses.dice_loss(logits, TARGET, squared=False), [0.375], rtol=1e-6)
 
 
+def test_batch_pooled_dice_hand_values():
+  # Example 1: the 0.8 example above (sum(pg) = 0.75, sum(p^2) = 1.125, sum(g^2) = 1).
+  # Example 2: p = 0.5 everywhere on an empty mask (sum(pg) = 0, sum(p^2) = 1, sum(g^2) = 0).
+  logits = _logits([[[LOG3, 0.0], [0.0, -LOG3]], [[0.0, 0.0], [0.0, 0.0]]])
+  target = np.concatenate([TARGET, np.zeros_like(TARGET)])
+  # Per example: 0.8 and (0 + 1) / (1 + 1) = 0.5.
+  np.testing.assert_allclose(losses.dice_loss(logits, target), [0.2, 0.5], rtol=1e-6)
+  # Pooled: (2 * 0.75 + 1) / (1.125 + 1 + 1 + 1) = 2.5 / 4.125, the same for both examples.
+  pooled = 2.5 / 4.125
+  np.testing.assert_allclose(losses.dice_loss(logits, target, pooling='batch'),
+                             [1 - pooled] * 2, rtol=1e-6)
+  np.testing.assert_allclose(losses.log_dice_loss(logits, target, pooling='batch'),
+                             [-math.log(pooled)] * 2, rtol=1e-6)
+  with pytest.raises(ValueError, match='pooling'):
+    losses.dice_loss(logits, target, pooling='case')
+
+
 def test_dice_perfect_and_no_overlap():
   big = 50.0
   # Perfect: p == g exactly in float32 (sigmoid(+-50) rounds to 1 / 0 here, up to 2e-22).
