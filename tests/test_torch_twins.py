@@ -46,6 +46,13 @@ CASES = {
     'clci_net': (dict(features=(4, 8, 16), aspp_features=8, aspp_out_features=16,
                       dropout_rate=0.0), 1),
     'cross_attention_unet': (dict(features=(4, 8, 16, 32), num_classes=3), 5),
+    # Default configuration (MSC blocks, DASC skips, GCFB channel + space, groups 2 + 2). Five
+    # levels, so the bottleneck is 2x2 and narrow: GCFB(channel) is cubic in its input
+    # (F_theta (F_theta^T F_phi)) and, in eval mode with random running statistics, amplifies
+    # with the bottleneck's size; at 4x4 x 32 the eval logits reach std ~200, where float32
+    # rounding alone passes 1e-4 (relative agreement ~1e-5). Level 1 at 8 channels: MSC chains
+    # of 4, 2, 2 (a 1-channel BN's mean can move by less than the 'statistics did move' bound).
+    'mdanet': (dict(features=(8, 8, 8, 16, 16)), 4),
 }
 
 
@@ -76,7 +83,8 @@ def pair(request):
   model = MODELS[request.param](**kwargs)
   x = np.random.default_rng(2).standard_normal((2, 32, 32, channels), dtype=np.float32)
   variables = throughput_common.synthetic_variables(model, x.shape, seed=1)
-  twin = transfer.load_flax_variables(TWINS[request.param](model, channels), variables)
+  twin = transfer.load_flax_variables(
+      TWINS[request.param](model, channels, image_size=x.shape[1:3]), variables)
   return model, variables, twin, x
 
 
@@ -121,15 +129,24 @@ def test_transfer_is_complete_at_paper_widths(name):
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 64, 64, channels)), train=False))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), dict(abstract))
-  twin = TWINS[name](model, channels)
+  twin = TWINS[name](model, channels, image_size=(64, 64))
   state = transfer.flax_to_torch_state(twin, zeros)  # raises on any mismatch.
   assert sum(v.numel() for v in state.values()) == util.count_params(abstract)
+
+
+def test_mdanet_twin_needs_the_input_size():
+  """GCFB(space) has one node per bottleneck pixel: its parameters depend on H x W."""
+  model = MODELS['mdanet'](features=(4, 8, 16))
+  with pytest.raises(ValueError, match='image_size'):
+    TWINS['mdanet'](model, 4)
+  with pytest.raises(ValueError, match='multiple of 4'):
+    TWINS['mdanet'](model, 4, image_size=(30, 32))
 
 
 def test_unmapped_leaves_fail_loudly():
   model = MODELS['unet'](features=(4, 8, 16, 32, 64))
   variables = throughput_common.synthetic_variables(model, (1, 32, 32, 4))
-  twin = TWINS['unet'](MODELS['unet'](features=(4, 8, 16, 32)), 4)
+  twin = TWINS['unet'](MODELS['unet'](features=(4, 8, 16, 32)), 4, image_size=(32, 32))
   with pytest.raises(ValueError, match='0_down_5'):
     transfer.flax_to_torch_state(twin, variables)
 
@@ -138,7 +155,8 @@ def test_unmapped_leaves_fail_loudly():
     ('dunet_mix', {'alpha': 0.48, 'gamma': 1.1}, 1), ('soft_dice', {}, 1),
     ('bce_dice', {'bce_weight': 0.5}, 1),
     ('agmr', {'sobel_norm': 'l1'}, 1), ('agmr', {'sobel_norm': 'l2', 'cpa_weight': 0.3}, 1),
-    ('thesis_focal', {}, 1), ('thesis_ce', {}, 3), ('thesis_ce', {'class_weights': None}, 2)])
+    ('thesis_focal', {}, 1), ('thesis_ce', {}, 3), ('thesis_ce', {'class_weights': None}, 2),
+    ('mdanet', {}, 1), ('mdanet', {'lam': 0.5, 'smooth': 2.0}, 2)])
 def test_torch_objectives_match_jax(name, kwargs, classes):
   rng = np.random.default_rng(3)
   logits = lambda: (3 * rng.standard_normal((3, 24, 24, classes))).astype(np.float32)
@@ -150,6 +168,10 @@ def test_torch_objectives_match_jax(name, kwargs, classes):
     outputs['cpa_logits'] = rng.standard_normal((3, 5, 6, 6)).astype(np.float32)
   if name.startswith('thesis'):  # five deep-supervision heads + the final one.
     outputs['deep_supervision'] = tuple(logits() for _ in range(5))
+  if name == 'mdanet':  # the groups' first-stage features; one all-lesion slice (similarity 0).
+    outputs['group_features'] = tuple(
+        rng.standard_normal((3, 24, 24, 4)).astype(np.float32) for _ in range(2))
+    mask[1] = 1
   to_torch = lambda v: (transfer.nhwc_to_torch(v) if v.shape[1:3] == (24, 24)
                         else torch.from_numpy(v))
   torch_outputs = {k: tuple(map(to_torch, v)) if isinstance(v, tuple) else to_torch(v)

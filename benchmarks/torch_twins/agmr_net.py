@@ -245,8 +245,9 @@ def _fusion(name: str, ratio: int, shared_hidden: bool):
           'concat': dunet.ConcatFusion}[name]
 
 
-def build(model, in_channels: int) -> AGMRNet:
+def build(model, in_channels: int, *, image_size=None) -> AGMRNet:
   """Twin of a Flax `AGMRNet` (fields read from `model`, ablation switches included)."""
+  del image_size  # no parameter depends on the input size.
   return AGMRNet(
       in_channels, tuple(model.features), tuple(model.features_3d), tuple(model.fusion_levels),
       model.num_classes, model.dropout_rate, tuple(model.dropout_levels), model.attention,

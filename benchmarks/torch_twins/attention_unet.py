@@ -39,8 +39,9 @@ class AttentionGate(nn.Module):
 GATE_TWINS = {flax_attention_unet.AttentionGate: AttentionGate}
 
 
-def build(model, in_channels: int) -> unet.UNet:
+def build(model, in_channels: int, *, image_size=None) -> unet.UNet:
   """Twin of a Flax `AttentionUNet` (any UNet whose skip_gate is an AttentionGate)."""
+  del image_size  # no parameter depends on the input size.
   gate = layers.twin_factory(model.skip_gate, GATE_TWINS, 'skip_gate')
   if gate is None:
     raise NotImplementedError('attention_unet twin: the Flax model has no skip_gate')

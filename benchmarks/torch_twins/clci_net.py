@@ -177,8 +177,9 @@ class CLCINet(nn.Module):
     return {'logits': m['3_head'](x)}
 
 
-def build(model, in_channels: int) -> CLCINet:
+def build(model, in_channels: int, *, image_size=None) -> CLCINet:
   """Twin of a Flax `CLCINet` (fields read from `model`)."""
+  del image_size  # no parameter depends on the input size.
   return CLCINet(in_channels, tuple(model.features), model.num_classes, model.fusion_expansion,
                  model.aspp_features, model.aspp_out_features, tuple(model.aspp_rates),
                  model.dropout_rate, model.use_clf, model.use_aspp, model.use_inference)

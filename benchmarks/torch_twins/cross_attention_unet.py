@@ -104,7 +104,8 @@ class CrossAttentionUNet(nn.Module):
     return out
 
 
-def build(model, in_channels: int) -> CrossAttentionUNet:
+def build(model, in_channels: int, *, image_size=None) -> CrossAttentionUNet:
   """Twin of a Flax `CrossAttentionUNet` (fields read from `model`)."""
+  del image_size  # no parameter depends on the input size.
   return CrossAttentionUNet(in_channels, tuple(model.features), model.num_classes,
                             model.attention, model.deep_supervision, model.gate_features)

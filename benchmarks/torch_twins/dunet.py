@@ -168,6 +168,7 @@ def dunet_kwargs(model, in_channels: int, *, fusion_twins=None, upsample_twins=N
                                           'stage_attention'))
 
 
-def build(model, in_channels: int) -> DUNet:
+def build(model, in_channels: int, *, image_size=None) -> DUNet:
   """Twin of a Flax `DUNet` with D-UNet's own fusions and up path."""
+  del image_size  # no parameter depends on the input size.
   return DUNet(**dunet_kwargs(model, in_channels))

@@ -104,6 +104,45 @@ def agmr(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float = 1.1,
   return total
 
 
+def _masked_gap(features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+  """Mean of features (B, C, H, W) over the pixels where keep (B, H, W) is 1: (B, C)."""
+  total = (features.float() * keep[:, None]).sum((2, 3))
+  return total / keep.sum((1, 2)).clamp(min=1.0)[:, None]
+
+
+def mdanet_similarity(f1: torch.Tensor, f2: torch.Tensor, lesion: torch.Tensor, *,
+                      eps: float = 1e-8) -> torch.Tensor:
+  """1 - cos of the lesion-masked GAP of both groups' features; 0 where all is lesion."""
+  keep = 1.0 - (lesion > 0).float()
+  a, b = _masked_gap(f1, keep), _masked_gap(f2, keep)
+  cos = (a * b).sum(-1) / (a.norm(dim=-1).clamp(min=eps) * b.norm(dim=-1).clamp(min=eps))
+  return torch.where(keep.sum((1, 2)) > 0, 1.0 - cos, torch.zeros_like(cos))
+
+
+def mdanet(outputs: dict, batch: dict, *, lam: float = 1.0, smooth: float = 1.0) -> torch.Tensor:
+  """MDANet's Eq. 9: 1 - Dice (plain sums) + CE + lam * masked similarity (objectives_mdanet).
+
+  Sigmoid BCE for one logit channel; softmax CE against the binary lesion target and Dice of
+  1 - p(background) for several.
+  """
+  logits = outputs['logits']
+  y = (batch['mask'] > 0).float()
+  with torch.autocast(device_type=y.device.type, enabled=False):
+    if logits.shape[1] == 1:
+      z = logits[:, 0].float()
+      ce = F.binary_cross_entropy_with_logits(z, y, reduction='none')
+      lesion_prob = torch.sigmoid(z)
+    else:
+      ce = F.cross_entropy(logits.float(), y.long(), reduction='none')
+      lesion_prob = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]
+    total = 1.0 - soft_dice_coef(lesion_prob, y, smooth, squared=False) + _pixel_mean(ce)
+    if lam:
+      if 'group_features' not in outputs:
+        raise ValueError("mdanet loss with lam != 0 needs the model's 'group_features' output")
+      total = total + lam * mdanet_similarity(*outputs['group_features'], y)
+  return total
+
+
 DS_WEIGHTS = (0.03, 0.045, 0.05, 0.125, 0.25, 0.5)
 
 
@@ -159,6 +198,7 @@ OBJECTIVES: dict[str, Callable[..., torch.Tensor]] = {
     'dunet_mix': dunet_mix,
     'soft_dice': soft_dice,
     'bce_dice': bce_dice,
+    'mdanet': mdanet,
 }
 
 

@@ -59,8 +59,9 @@ def unet_kwargs(model, in_channels: int) -> dict:
               upsample=layers.twin_factory(model.upsample, UPSAMPLE_TWINS, 'upsample'))
 
 
-def build(model, in_channels: int) -> UNet:
+def build(model, in_channels: int, *, image_size=None) -> UNet:
   """Twin of a Flax `UNet` (fields read from `model`); gated U-Nets: attention_unet.py."""
+  del image_size  # no parameter depends on the input size.
   if model.skip_gate is not None:
     raise NotImplementedError(
         f'unet twin: skip_gate={model.skip_gate!r}; use the attention_unet twin')
