@@ -54,6 +54,9 @@ NETWORKS = {
                             source='AGMR-Net Table 2: 192x192, slices z-2..z+1'),
     'clci_net': NetworkSpec((224, 176, 1), 'soft_dice', {'smooth': 1.0},
                             source='CLCI-Net: ATLAS T1 cropped to 224x176'),
+    'mdanet': NetworkSpec((128, 128, 4), 'mdanet', {'lam': 1.0, 'smooth': 1.0},
+                          source='MDANet Table 1: ISLES 2018 {CBF, CBV} | {MTT, Tmax}; 128x128 '
+                                 'is the size its 11.22 GFLOPs imply (models/mdanet.py)'),
     'cross_attention_unet': NetworkSpec(
         (224, 224, 5), 'thesis_ce',
         {'class_weights': (0.7, 2.0, 7.0), 'ds_weights': (0.03, 0.045, 0.05, 0.125, 0.25, 0.5)},

@@ -36,7 +36,8 @@ def _build(cfg: dict, device):
   spec = common.NETWORKS[cfg['network']]
   flax_model = MODELS[cfg['network']](**spec.model_kwargs)
   variables = common.synthetic_variables(flax_model, (1, *spec.input_shape), seed=cfg['seed'])
-  twin = TWINS[cfg['network']](flax_model, spec.input_shape[-1])
+  twin = TWINS[cfg['network']](flax_model, spec.input_shape[-1],
+                              image_size=spec.input_shape[:2])
   transfer.load_flax_variables(twin, variables)
   twin.to(device)
   channels_last = cfg['layout'] == 'channels_last'
