@@ -154,6 +154,20 @@ def summarise(times: list[float], batch_size: int) -> dict:
           'images_per_s': batch_size / med}
 
 
+def cpu_name() -> str:
+  """The host CPU for a results table: '/proc/cpuinfo model name, N cores usable'."""
+  import os  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  name = platform.processor()
+  try:
+    with open('/proc/cpuinfo') as f:
+      name = next((line.split(':', 1)[1].strip() for line in f
+                   if line.startswith('model name')), name)
+  except OSError:
+    pass
+  return f'{name or "cpu"}, {len(os.sched_getaffinity(0))} cores usable'
+
+
 def current_rss_bytes() -> int:
   with open('/proc/self/statm') as f:
     return int(f.read().split()[1]) * resource.getpagesize()

@@ -99,7 +99,9 @@ def run(cfg: dict) -> dict:
       **common.summarise(times, cfg['batch']), 'compile_s': compile_s,
       'first_step_s': first_step_s, 'flops_per_step': flops,
       'peak_memory_bytes': peak, 'peak_memory_kind': peak_kind, 'check': check(first),
-      'device': getattr(device, 'device_kind', str(device)), 'platform': device.platform,
+      'device': (common.cpu_name() if device.platform == 'cpu'
+                 else getattr(device, 'device_kind', str(device))),
+      'platform': device.platform,
       'versions': {'jax': jax.__version__, 'flax': flax.__version__, 'optax': optax.__version__,
                    'python': platform.python_version()},
       'xla_flags': os.environ.get('XLA_FLAGS', ''),

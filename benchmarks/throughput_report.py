@@ -107,9 +107,10 @@ def markdown(results: dict) -> str:
   title = '# XLA vs PyTorch throughput'
   lines = [title, '']
   if meta['smoke'] or cpu_only:
-    lines += ['**CPU SMOKE TEST: checks that the harness runs end to end. Not a performance '
-              'claim** (tiny batches, a few timed steps, a shared CPU; XLA:CPU convolutions '
-              'are known to be slower than oneDNN).', '']
+    devices = ', '.join(sorted({f"`{r['device']}`" for r in runs if _ok(r)})) or 'unknown'
+    lines += [f'**CPU SMOKE TEST on {devices}: checks that the harness runs end to end. Not '
+              'a performance claim** (tiny batches, a few timed steps, a shared CPU; XLA:CPU '
+              'convolutions are known to be slower than oneDNN).', '']
   lines += [f"Date {meta['date']}; settings {json.dumps(meta['settings'])}; "
             f"label: {meta['label'] or '-'}; command: `{' '.join(meta['argv'])}`"]
   lines += [f"Continued {r['date']}: `{' '.join(r['argv'])}`" for r in meta.get('resumed', [])]

@@ -22,7 +22,7 @@ def _device_and_name():
   import torch  # pylint: disable=g-import-not-at-top
   if torch.cuda.is_available():
     return torch.device('cuda'), torch.cuda.get_device_name(0)
-  return torch.device('cpu'), platform.processor() or 'cpu'
+  return torch.device('cpu'), common.cpu_name()
 
 
 def _build(cfg: dict, device):

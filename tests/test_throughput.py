@@ -79,7 +79,9 @@ def test_resume_runs_only_missing_configurations(tmp_path: pathlib.Path, monkeyp
   assert spawned[2:] == [(4, 'jax'), (4, 'torch_eager')]  # batch 2 was not measured again.
   results = __import__('json').loads(first.read_text())
   assert len(results['runs']) == 4 and len(results['meta']['resumed']) == 1
-  assert 'Continued' in first.with_suffix('.md').read_text()
+  text = first.with_suffix('.md').read_text()
+  assert 'Continued' in text
+  assert 'CPU SMOKE TEST on `cpu`' in text  # a CPU table says so and names the device.
 
 
 GPU_MACHINE_MISSING = ('grain', 'nibabel', 'ml_collections', 'tensorflow_datasets', 'tensorflow')
