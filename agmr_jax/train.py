@@ -31,6 +31,7 @@ from agmr_jax import runtime
 from agmr_jax import sharding as sharding_lib
 from agmr_jax import train_step as train_step_lib
 from agmr_jax.models import MODELS
+from agmr_jax.models import layers as models_layers
 from input_pipeline import augment as augment_lib
 from input_pipeline import datasets
 from input_pipeline import pipeline
@@ -69,6 +70,16 @@ def prepare_data(config: ml_collections.ConfigDict) -> pipeline.SliceDataset:
   if jax.process_index() != 0:
     path = build()  # Everything exists now: this only resolves the path.
   return pipeline.SliceDataset(path)
+
+
+def bn_momentum(config: ml_collections.ConfigDict) -> float | None:
+  """config.bn_momentum, None when it keeps the networks' own (-1, or absent in old configs)."""
+  value = config.get('bn_momentum', -1.0)
+  if value < 0:
+    return None
+  if value >= 1:
+    raise ValueError(f'bn_momentum must be in [0, 1) (or -1 for the default), got {value}')
+  return float(value)
 
 
 def build_model(config: ml_collections.ConfigDict, dataset: pipeline.SliceDataset):
@@ -132,7 +143,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   state = train_step_lib.init_state(init_fn, init_rng, state_sharding)
   objective = objectives.make_objective(config.loss.name, **config.loss.kwargs.to_dict())
   step_fn = jax.jit(
-      train_step_lib.make_train_step(model, objective),
+      train_step_lib.make_train_step(
+          model, objective, bn_momentum=bn_momentum(config),
+          model_bn_momentum=models_layers.BN_MOMENTUM),
       in_shardings=(state_sharding, sharding_lib.data_sharded(mesh), sharding_lib.replicated(mesh)),
       out_shardings=(state_sharding, sharding_lib.replicated(mesh)), donate_argnums=(0,))
   return Run(config, workdir, dataset, folds, mesh, model, state, abstract, step_fn, data_iter,

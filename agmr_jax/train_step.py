@@ -67,8 +67,26 @@ def _tree_select(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def make_train_step(model: nn.Module, objective: Objective):
-  """Returns the pure step; `objective(outputs, batch)` gives per-example losses and metrics."""
+def rescale_batch_stats(old, new, *, model_momentum: float, momentum: float):
+  """Running statistics as if every BatchNorm had `momentum` instead of `model_momentum`.
+
+  flax updates each running mean and variance as r' = m r + (1 - m) b (b: the batch's value), so
+  r + (1 - M) / (1 - m) (r' - r) = M r + (1 - M) b exactly, whatever b was. The networks use one
+  momentum (models.layers.BN_MOMENTUM, the Keras papers' 0.99); a short run (the CPU demos)
+  needs a faster one, or its evaluation-mode statistics lag behind the weights by ~1/(1 - m)
+  steps.
+  """
+  scale = (1.0 - momentum) / (1.0 - model_momentum)
+  return jax.tree.map(lambda r, r_new: r + scale * (r_new - r), old, new)
+
+
+def make_train_step(model: nn.Module, objective: Objective, *,
+                    bn_momentum: float | None = None, model_bn_momentum: float = 0.99):
+  """Returns the pure step; `objective(outputs, batch)` gives per-example losses and metrics.
+
+  bn_momentum: None keeps the model's BatchNorm momentum (`model_bn_momentum`); a value replaces
+  it in every BatchNorm (rescale_batch_stats).
+  """
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
@@ -81,6 +99,9 @@ def make_train_step(model: nn.Module, objective: Objective):
       return jnp.mean(per_example), (updates.get('batch_stats', {}), aux)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if bn_momentum is not None and bn_momentum != model_bn_momentum:
+      batch_stats = rescale_batch_stats(state.batch_stats, batch_stats,
+                                        model_momentum=model_bn_momentum, momentum=bn_momentum)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)

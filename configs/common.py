@@ -40,6 +40,7 @@ def base() -> ml_collections.ConfigDict:
   c.model = ''  # Key of agmr_jax.models.MODELS.
   c.model_kwargs = ml_collections.ConfigDict()  # Fields overriding the network's paper defaults.
   c.compute_dtype = 'float32'  # 'bfloat16': bf16 activations, fp32 params/losses/BN statistics.
+  c.bn_momentum = -1.0  # BatchNorm running-statistics momentum; -1: the networks' 0.99 (Keras).
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = 'synthetic_atlas'  # Layout name (real data, needs manual_dir) or synthetic name.

@@ -19,6 +19,7 @@ from agmr_jax import sharding as sharding_lib
 from agmr_jax import train
 from agmr_jax import train_step as train_step_lib
 from agmr_jax.models import MODELS
+from agmr_jax.models import layers
 from configs import unet
 from tests import conftest
 from input_pipeline import pipeline
@@ -158,3 +159,29 @@ def test_bf16_compute_keeps_float32_params(step_parts):
   state, metrics = _run_steps(model, objective, batch, sharding_lib.make_mesh(1), n=1)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   assert np.isfinite(metrics[0]['loss'])
+
+
+def test_bn_momentum_replaces_the_models_momentum(step_parts):
+  """bn_momentum=M gives running statistics M r + (1 - M) b, b the batch's statistics."""
+  model, objective, batch = step_parts
+  tx = optim.make_optimizer(unet.get_config('tiny').optimizer, steps_per_epoch=10, total_steps=10)
+  state = jax.jit(train_step_lib.make_init(model, (1, *batch['image'].shape[1:]), tx))(
+      jax.random.key(0))
+  stats = {}
+  for momentum in (None, 0.9, 0.0):
+    step = jax.jit(train_step_lib.make_train_step(model, objective, bn_momentum=momentum,
+                                                  model_bn_momentum=layers.BN_MOMENTUM))
+    stats[momentum] = jax.device_get(step(state, batch, jax.random.key(1))[0].batch_stats)
+  r0 = jax.device_get(state.batch_stats)
+  # The default step's update r1 = m r0 + (1 - m) b gives b; momentum 0 must store b itself.
+  m = layers.BN_MOMENTUM
+  batch_value = jax.tree.map(lambda r, r1: (r1 - m * r) / (1 - m), r0, stats[None])
+  leaves = jax.tree.leaves(jax.tree.map(
+      lambda b, got: np.abs(np.asarray(got) - b).max(), batch_value, stats[0.0]))
+  assert len(leaves) > 10 and max(leaves) < 1e-3
+  expected = jax.tree.map(lambda r, b: 0.9 * r + 0.1 * b, r0, batch_value)
+  leaves = jax.tree.leaves(jax.tree.map(
+      lambda e, got: np.abs(np.asarray(got) - e).max(), expected, stats[0.9]))
+  assert max(leaves) < 1e-4
+  # And the statistics really moved (the batch is not at the initial mean 0 / variance 1).
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), r0, stats[0.0]))) > 0.1
