@@ -45,11 +45,11 @@ def dunet_mix(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float =
   return loss, {'dice': hard_dice(logits, target)}
 
 
-def soft_dice(outputs: dict, batch: dict, *, smooth: float = 1.0):
-  """1 - soft Dice (squared sums), CLCI-Net's loss."""
+def soft_dice(outputs: dict, batch: dict, *, smooth: float = 1.0, dice_pooling: str = 'example'):
+  """1 - soft Dice (squared sums), CLCI-Net's loss; per example or pooled over the batch."""
   target = _binary_target(batch)
   logits = outputs['logits']
-  loss = losses.dice_loss(logits, target, smooth=smooth, squared=True)
+  loss = losses.dice_loss(logits, target, smooth=smooth, squared=True, pooling=dice_pooling)
   return loss, {'dice': hard_dice(logits, target)}
 
 

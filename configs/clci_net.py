@@ -41,6 +41,7 @@ def get_config(arg: str | None = None):
   c.data.recipe = 'clci'
   c.loss.name = 'soft_dice'
   c.loss.kwargs.smooth = 1.0  # Keras dice_coef: (2 I + 1) / (sum p^2 + sum t^2 + 1).
+  c.loss.kwargs.dice_pooling = 'batch'  # Keras flattens the batch: one Dice per batch.
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = 1e-4
   c.optimizer.schedule = 'constant'
