@@ -219,3 +219,19 @@ def test_squeeze_excite_has_two_bias_free_dense_layers():
   variables = se.init(KEY, jnp.ones((1, 4, 4, 64)))
   assert count_params(variables) == 2 * 64 * 4
   assert list(variables['params']) == ['0_reduce', '1_expand']
+
+
+@pytest.mark.parametrize('depth,kernel', [(4, (3, 3, 3)), (2, (3, 3, 3)), (1, (3, 3, 3)),
+                                          (4, (1, 1, 1))])
+def test_conv3d_as_2d_equals_nn_conv(depth, kernel):
+  x = jax.random.normal(jax.random.key(0), (2, depth, 8, 6, 3))
+  ours = layers.Conv3D(5, kernel)
+  reference = nn.Conv(5, kernel, padding='SAME', kernel_init=layers.he_normal)
+  params = ours.init(jax.random.key(1), x)
+  ref_params = reference.init(jax.random.key(1), x)
+  # Same parameter tree and initial values (checkpoints and counts unchanged)...
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ref_params)
+  np.testing.assert_array_equal(params['params']['kernel'], ref_params['params']['kernel'])
+  params = jax.tree.map(lambda p: p + 0.1, params)  # ...and the same function (non-zero bias).
+  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x),
+                             rtol=1e-5, atol=1e-5)

@@ -93,8 +93,7 @@ class Project3DTo2D(nn.Module):
   def __call__(self, x3d: jax.Array) -> jax.Array:
     if x3d.ndim != 5:
       raise ValueError(f'Project3DTo2D expects (B, D, H, W, C), got {x3d.shape}')
-    y = nn.Conv(1, (1, 1, 1), kernel_init=layers.he_normal, dtype=self.dtype,
-                name='0_squeeze3d')(x3d)
+    y = layers.Conv3D(1, (1, 1, 1), dtype=self.dtype, name='0_squeeze3d')(x3d)
     y = jnp.transpose(y[..., 0], (0, 2, 3, 1))
     y = nn.Conv(self.features, (3, 3), kernel_init=layers.he_normal, dtype=self.dtype,
                 name='1_conv2d')(y)
