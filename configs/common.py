@@ -123,3 +123,28 @@ def apply_demo(c: ml_collections.ConfigDict) -> None:
   c.log_every_steps = 25
   c.eval_every_steps = 100
   c.checkpoint_every_steps = 100
+  # A few hundred steps: running statistics with the papers' 0.99 still lag the weights by ~100
+  # steps at the end (train_step.rescale_batch_stats).
+  c.bn_momentum = 0.9
+
+
+def apply_atlas_demo(c: ml_collections.ConfigDict) -> None:
+  """apply_demo for the ATLAS-like 2.5D networks (D-UNet, AGMR-Net): the README's main job.
+
+  40 subjects (24 train, 8 validation, 8 test): with 12 the networks learned where the training
+  lesions were (training-case DSC 0.8, validation 0.05). Light augmentation for the same reason;
+  lesion slices oversampled 3x; cosine decay so the last steps settle; quarter widths, which
+  learned as fast per step as half widths and step faster.
+  """
+  apply_demo(c)
+  c.data.num_subjects = 40
+  c.data.image_size = (64, 64)
+  c.data.augment = 'demo'
+  c.data.lesion_oversample = 3
+  c.model_kwargs.features = (8, 16, 32, 64, 128)
+  c.model_kwargs.features_3d = (4, 8, 16)
+  c.num_train_steps = 600
+  c.eval_every_steps = 200
+  c.checkpoint_every_steps = 200
+  c.optimizer.schedule = 'warmup_cosine'
+  c.optimizer.warmup_epochs = 0.05

@@ -29,8 +29,5 @@ def get_config(arg: str | None = None):
     c.model_kwargs.features = (4, 8, 16, 32, 64)
     c.model_kwargs.features_3d = (4, 8, 16)
   if v.demo:
-    common.apply_demo(c)
-    c.model_kwargs.features = (16, 32, 64, 128, 256)
-    c.model_kwargs.features_3d = (8, 16, 32)
-    c.data.lesion_oversample = 3  # a short run needs to see enough lesion slices
+    common.apply_atlas_demo(c)  # As AGMR-Net's demo (the README's main job).
   return c

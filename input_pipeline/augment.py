@@ -388,6 +388,11 @@ class Augment:
 AUGMENT_PRESETS: dict[str, dict] = {
     # AGMR-Net, D-UNet and CLCI-Net state no augmentation.
     'none': {},
+    # The CPU demos (configs ...:demo): 12 training subjects are few, and a short run on them
+    # otherwise learns where their lesions are; mirror images and small rotations/scalings are
+    # still brains.
+    'demo': {'flip_h': 0.5, 'rotate': {'p': 0.5, 'degrees': 10.0},
+             'scale': {'p': 0.5, 'range': (0.9, 1.1)}},
     # MDANet (paper 002): random flips, rotation in [-90, 90] degrees, scaling 0.8-1.2.
     'mdanet': {'flip_h': 0.5, 'flip_v': 0.5, 'rotate': {'p': 0.5, 'degrees': 90.0},
                'scale': {'p': 0.5, 'range': (0.8, 1.2)}},
