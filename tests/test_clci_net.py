@@ -285,3 +285,38 @@ def test_registry_entry_takes_field_overrides():
   assert model.num_classes == 3 and not model.use_clf
   assert 'features' in MODELS['clci_net'].__dataclass_fields__
   assert isinstance(model, nn.Module)
+
+
+
+class _ScannedContextInference(nn.Module):
+  """The former ContextInference: the same cell scanned over [decoder, skip] by nn.RNN."""
+  features: int
+
+  @nn.compact
+  def __call__(self, decoder, skip):
+    cell = nn.ConvLSTMCell(self.features, (3, 3), name='cell')
+    return nn.RNN(cell, name='rnn')(jnp.stack([decoder, skip], axis=1))[:, -1]
+
+
+def test_unrolled_conv_lstm_equals_the_nn_rnn_scan_values_and_gradients():
+  """ContextInference unrolls the two steps in Python (XLA:CPU runs a scan's gradient
+  convolutions in a slow generic loop): same parameter tree, same outputs, same gradients."""
+  rng = np.random.default_rng(5)
+  dec = jnp.asarray(rng.normal(size=(2, 8, 6, 4)), jnp.float32)
+  skip = jnp.asarray(rng.normal(size=(2, 8, 6, 4)), jnp.float32)
+  unrolled, scanned = conv_lstm.ContextInference(5), _ScannedContextInference(5)
+  abstract = jax.eval_shape(unrolled.init, KEY, dec, skip)
+  assert (jax.tree.map(lambda a: a.shape, abstract)
+          == jax.tree.map(lambda a: a.shape, jax.eval_shape(scanned.init, KEY, dec, skip)))
+  variables = _filled(abstract, seed=6)
+  cotangent = jnp.asarray(rng.normal(size=(2, 8, 6, 5)), jnp.float32)
+
+  def value_and_grads(block):
+    loss = lambda v, d, s: jnp.sum(block.apply(v, d, s) * cotangent)
+    return block.apply(variables, dec, skip), jax.grad(loss, (0, 1, 2))(variables, dec, skip)
+
+  got, want = value_and_grads(unrolled), value_and_grads(scanned)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+    b = np.asarray(b)  # float32, summed in another order: rtol 1e-5, atol relative to the scale
+    np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6 * np.abs(b).max(),
+                               err_msg=jax.tree_util.keystr(path))

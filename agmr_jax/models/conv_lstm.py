@@ -12,9 +12,16 @@ h_2 (B, H, W, f). With * a 'SAME' convolution and sigma the logistic sigmoid:
   o_t = sigma(W_xo * x_t + W_ho * h_{t-1} + b_o)
   c_t = f_t c_{t-1} + i_t g_t,    h_t = o_t tanh(c_t),    (c_0, h_0) = 0.
 
-The cell is flax's `nn.ConvLSTMCell`, scanned over the time axis by `nn.RNN`
-(one set of weights for both steps). Its parameters, under 'cell': 'ih' (input
-conv, kernel (3, 3, f_in, 4f) + bias 4f) and 'hh' (hidden conv, kernel
+The cell is flax's `nn.ConvLSTMCell`, applied twice (one set of weights for both
+steps). The two steps are unrolled in Python rather than scanned by `nn.RNN`, which
+computes the same function with the same parameters ('rnn' held none): inside the
+while loop of a scan's gradient XLA:CPU keeps the convolutions in their transposed
+gradient layouts and compiles them with its generic elemental convolution emitter,
+not its Eigen kernels. On 2 CPU cores the scanned block's gradient took 67 s at
+(2, 224, 176, 32) (paper decoder level 1; unrolled 1.8 s, forward 0.2 s) and 0.64 s at
+(8, 80, 64, 8) (demo; unrolled 0.034 s); the CLCI-Net train step went from 266 s to
+~5 s (paper size, batch 2) and from 2.3 s to 0.23 s (demo). Its parameters, under
+'cell': 'ih' (input conv, kernel (3, 3, f_in, 4f) + bias 4f) and 'hh' (hidden conv, kernel
 (3, 3, f, 4f) + bias 4f); gate order along the 4f axis is i, g, f, o; the +1 on
 the forget gate is applied in the forward pass (no parameter).
 
@@ -67,9 +74,14 @@ class ContextInference(nn.Module):
       raise ValueError(
           f'ContextInference: decoder {decoder.shape} and skip {skip.shape} must have the same '
           'shape (both are projected to the same width before the ConvLSTM)')
-    # (B, T=2, H, W, C): batch-major, time second, as nn.RNN expects for a conv cell.
-    sequence = jnp.stack([decoder.astype(self.dtype), skip.astype(self.dtype)], axis=1)
     cell = nn.ConvLSTMCell(self.features, tuple(self.kernel_size), dtype=self.dtype,
                            name='cell')
-    hidden = nn.RNN(cell, name='rnn')(sequence)
-    return hidden[:, -1].astype(self.dtype)
+    # The two steps unrolled in Python (one cell, so one set of weights), not scanned with
+    # nn.RNN: XLA's CPU backend runs the gradient convolutions inside a scan's while loop in
+    # its slow generic convolution emitter, 20-40x slower here (module docstring).
+    # Zero (c_0, h_0) in float32, as nn.RNN's carry (ConvLSTMCell.carry_init, param_dtype).
+    zeros = jnp.zeros((*decoder.shape[:-1], self.features), jnp.float32)
+    carry = (zeros, zeros)
+    for x in (decoder, skip):
+      carry, hidden = cell(carry, x.astype(self.dtype))
+    return hidden.astype(self.dtype)
