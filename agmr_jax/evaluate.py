@@ -3,14 +3,18 @@ r"""Evaluates a trained run the way the papers do: per-case 3D metrics in the so
   python -m agmr_jax.evaluate --workdir runs/x [--split test] [--checkpoint best|latest|STEP]
 
 For every case of the split, the model predicts all slices, the recipe's inverse puts the lesion
-probabilities back into the original voxel grid (undoing resize, crop and transpose), and the
-mask thresholded at 0.5 is compared with the original NIfTI mask(s) using the source voxel spacing
-(metrics.py: DSC, precision, recall, F1, VOE, RVD, HD95, ASD; global DSC pooled over cases).
+probabilities back into the original voxel grid (undoing resize, crop and transpose), the mask is
+made from them with the run's post-processing (postprocess.py: the threshold and minimum lesion
+component volume chosen on validation after training; threshold 0.5 alone without a choice or
+with --nopostprocess), and compared with the original NIfTI mask(s) using the source voxel
+spacing (metrics.py: DSC, precision, recall, F1, VOE, RVD, HD95, ASD; global DSC pooled over
+cases).
 
 Writes into `{workdir}/eval/{name}/`, name = the split, plus `-tta` with flip test-time
-augmentation and `-{checkpoint}` for a checkpoint other than 'best' (so a variant never replaces
-the main result): cases.csv (one row per case, full precision), summary.json (the
-`metrics.summarize` dict plus a 'run' entry saying what was evaluated), summary.md (mean ± std as
+augmentation, `-{checkpoint}` for a checkpoint other than 'best' and `-raw` without
+post-processing (so a variant never replaces the main result): cases.csv (one row per case, full
+precision), summary.json (the `metrics.summarize` dict plus a 'run' entry saying what was
+evaluated: checkpoint, threshold, minimum component volume...), summary.md (mean ± std as
 the papers print them, global DSC, the per-case table), dsc_boxplot.png, and
 predictions/{case}.nii.gz (uint8, the source affine and header). Everything goes to a hidden
 temporary folder first and is renamed into place at the end, so a failure leaves nothing behind;
@@ -39,6 +43,7 @@ from agmr_jax import cli
 from agmr_jax import inference
 from agmr_jax import metrics
 from agmr_jax import optim
+from agmr_jax import postprocess
 from agmr_jax import reporting
 from agmr_jax import sharding as sharding_lib
 from agmr_jax import train_step as train_step_lib
@@ -185,25 +190,31 @@ def load_truth(case_id: str, case_meta: dict) -> tuple[np.ndarray, nifti.Geometr
   return mask > 0, geometry
 
 
-def evaluate_cases(predictor, variables, dataset, folds, *, out_dir: pathlib.Path | None,
-                   threshold: float = 0.5) -> list[dict]:
-  """Per-case metrics in the source geometry; writes predictions when out_dir is given."""
+def source_volumes(predictor, variables, dataset, folds):
+  """Yields (case_id, probabilities, truth, geometry) per case, all in the source geometry."""
   recipe = recipe_of(dataset)
-  rows = []
   for case in pipeline.iter_cases(dataset, folds):
-    probs = predictor(variables, case.images)
-    volume = recipe.inverse(probs, recipes.SliceGeometry.from_array(case.geometry))
-    pred = volume >= threshold
+    probs = recipe.inverse(predictor(variables, case.images),
+                           recipes.SliceGeometry.from_array(case.geometry))
     truth, geometry = load_truth(case.case_id, dataset.meta['cases'][case.case_id])
-    if truth.shape != pred.shape:
+    if truth.shape != probs.shape:
       raise DataError(dataset.meta['cases'][case.case_id]['masks'][0],
-                      f'mask shape {truth.shape} differs from the records\' volume {pred.shape}')
-    row = {'case_id': case.case_id, **metrics.case_metrics(pred, truth, geometry.spacing)}
+                      f'mask shape {truth.shape} differs from the records\' volume {probs.shape}')
+    yield case.case_id, probs, truth, geometry
+
+
+def evaluate_cases(predictor, variables, dataset, folds, *, out_dir: pathlib.Path | None,
+                   post: postprocess.PostProcess = postprocess.PostProcess()) -> list[dict]:
+  """Per-case metrics in the source geometry; writes predictions when out_dir is given."""
+  rows = []
+  for case_id, probs, truth, geometry in source_volumes(predictor, variables, dataset, folds):
+    pred = post(probs, geometry.spacing)
+    row = {'case_id': case_id, **metrics.case_metrics(pred, truth, geometry.spacing)}
     rows.append(row)
     if out_dir is not None and jax.process_index() == 0:
-      nifti.save_mask(out_dir / 'predictions' / f'{case.case_id}.nii.gz',
-                      pred.astype(np.uint8), geometry)
-    logging.info('%s: DSC %.4f (%d true, %d predicted voxels)', case.case_id, row['dsc'],
+      nifti.save_mask(out_dir / 'predictions' / f'{case_id}.nii.gz', pred.astype(np.uint8),
+                      geometry)
+    logging.info('%s: DSC %.4f (%d true, %d predicted voxels)', case_id, row['dsc'],
                  row['n_truth'], row['n_pred'])
   return rows
 
@@ -271,20 +282,28 @@ def boxplot(series: dict[str, list[float]], path: pathlib.Path, ylabel: str = 'p
   plt.close(fig)
 
 
-def eval_name(split: str, checkpoint='best', flip_tta: bool = False) -> str:
-  """Folder name under eval/: 'test', 'test-tta', 'test-latest', 'test-tta-1200'..."""
-  return split + ('-tta' if flip_tta else '') + ('' if checkpoint == 'best' else f'-{checkpoint}')
+def eval_name(split: str, checkpoint='best', flip_tta: bool = False,
+              post: bool = True) -> str:
+  """Folder name under eval/: 'test', 'test-tta', 'test-latest', 'test-tta-1200', 'test-raw'
+  (without the run's post-processing)..."""
+  return (split + ('-tta' if flip_tta else '') + ('' if checkpoint == 'best' else f'-{checkpoint}')
+          + ('' if post else '-raw'))
 
 
 def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str = 'best',
                  write_predictions: bool = True, overwrite: bool = True,
-                 flip_tta: bool = False) -> dict:
-  """Evaluates `split` of a run; returns {'summary', 'rows', 'step', 'out_dir'}."""
+                 flip_tta: bool = False, post: bool = True) -> dict:
+  """Evaluates `split` of a run; returns {'summary', 'rows', 'step', 'out_dir'}.
+
+  With `post`, the masks get the post-processing chosen on validation (postprocess.json, written
+  by training); without it, or when the run has none, the plain 0.5 threshold.
+  """
   from agmr_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   workdir = pathlib.Path(workdir)
   config = config or load_config(workdir)
   checkpoint = parse_checkpoint(checkpoint)
-  final_dir = workdir / 'eval' / eval_name(split, checkpoint, flip_tta)
+  final_dir = workdir / 'eval' / eval_name(split, checkpoint, flip_tta, post)
+  chosen = postprocess.load(workdir) if post else postprocess.PostProcess()
   if final_dir.exists() and not overwrite:
     raise FileExistsError(f'{final_dir}: exists; pass --overwrite to replace it')
   dataset = train.prepare_data(config)
@@ -298,10 +317,10 @@ def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str =
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{final_dir.name}-', dir=final_dir.parent))
   try:
     rows = evaluate_cases(predictor, variables, dataset, folds[split],
-                          out_dir=tmp if write_predictions else None)
+                          out_dir=tmp if write_predictions else None, post=chosen)
     run_info = dict(model=config.model, split=split, folds=folds[split], step=int(step),
-                    checkpoint=str(checkpoint), flip_tta=flip_tta, threshold=0.5,
-                    recipe=dataset.meta['recipe'])
+                    checkpoint=str(checkpoint), flip_tta=flip_tta, threshold=chosen.threshold,
+                    min_component_mm3=chosen.min_component_mm3, recipe=dataset.meta['recipe'])
     summary = write_report(rows, tmp, f'{config.model} {split} (step {step})', run_info)
     if jax.process_index() == 0:
       if final_dir.exists():
@@ -311,6 +330,40 @@ def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str =
     shutil.rmtree(tmp, ignore_errors=True)
   _print_result(rows, summary, split, step)
   return {'summary': summary, 'rows': rows, 'step': step, 'out_dir': final_dir}
+
+
+def tune_postprocess(workdir, config=None, *, checkpoint: str = 'best') -> dict | None:
+  """Chooses the run's post-processing on its validation split; writes postprocess.json.
+
+  Every candidate of postprocess.grid() is scored by mean per-case DSC in the source geometry;
+  the best one (ties: the plain 0.5 threshold first) is saved with the scores of all of them.
+  Returns the saved payload, or None when the run has no validation split.
+  """
+  from agmr_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  workdir = pathlib.Path(workdir)
+  config = config or load_config(workdir)
+  if config.data.val_fold < 0:
+    return None
+  dataset = train.prepare_data(config)
+  folds = dataset.split_folds(config.data.test_fold, config.data.val_fold)
+  predictor, variables, step = load_predictor(workdir, config, recipe_of(dataset),
+                                              checkpoint=parse_checkpoint(checkpoint))
+  tally = postprocess.Tally(postprocess.grid())
+  for _, probs, truth, geometry in source_volumes(predictor, variables, dataset,
+                                                  folds['validation']):
+    tally.add(probs, truth, geometry.spacing)
+  chosen, score = tally.best()
+  plain = tally.means()[tally.candidates.index(postprocess.PostProcess())]
+  info = dict(step=int(step), split='validation', num_cases=len(folds['validation']),
+              val_dsc=score, val_dsc_threshold_0_5=plain,
+              candidates=[dict(threshold=c.threshold, min_component_mm3=c.min_component_mm3,
+                               val_dsc=m) for c, m in zip(tally.candidates, tally.means())])
+  if jax.process_index() == 0:
+    postprocess.save(workdir, chosen, **info)
+  logging.info('post-processing chosen on %d validation cases: threshold %.2f, components under '
+               '%g mm3 removed; mean per-case DSC %.4f (threshold 0.5 alone: %.4f)',
+               info['num_cases'], chosen.threshold, chosen.min_component_mm3, score, plain)
+  return {'threshold': chosen.threshold, 'min_component_mm3': chosen.min_component_mm3, **info}
 
 
 def _print_result(rows, summary, split, step) -> None:
@@ -325,7 +378,7 @@ def _print_result(rows, summary, split, step) -> None:
 def main(argv):
   result = cli.run(argv, lambda f: evaluate_run(
       f.workdir, split=f.split, checkpoint=f.checkpoint, overwrite=f.overwrite,
-      write_predictions=f.write_predictions, flip_tta=f.flip_tta))
+      write_predictions=f.write_predictions, flip_tta=f.flip_tta, post=f.postprocess))
   print(f'wrote {result["out_dir"]}')
 
 
@@ -337,4 +390,6 @@ if __name__ == '__main__':
   flags.DEFINE_bool('overwrite', False, 'Replace an existing evaluation of this split.')
   flags.DEFINE_bool('write_predictions', True, 'Write predicted masks as NIfTI.')
   flags.DEFINE_bool('flip_tta', False, 'Average with the left-right flipped prediction.')
+  flags.DEFINE_bool('postprocess', True, "Apply the run's validation-chosen post-processing "
+                    '(postprocess.json); --nopostprocess: threshold 0.5 only.')
   app.run(main)

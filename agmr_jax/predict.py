@@ -12,8 +12,10 @@ A single-modality run takes one file per case, `{case}.nii.gz` or `{case}_0000.n
 Each case goes through the run's recipe (normalisation, crop, resize, neighbour slices, rounded to
 the records' storage dtype exactly as training saw it), is predicted slice by slice in batches
 (`inference.Predictor`, optional left-right flip averaging), mapped back to the voxel grid by
-`Recipe.inverse`, and thresholded at 0.5. Outputs, on the first modality's grid (affine and
-header copied):
+`Recipe.inverse`, and turned into a mask by the run's post-processing (the threshold and minimum
+lesion component volume chosen on validation after training, postprocess.py; threshold 0.5 when
+the run has no choice; --threshold / --min_component_mm3 override it). Outputs, on the first
+modality's grid (affine and header copied):
 
   OUT/{case}.nii.gz                 uint8 mask (0/1)
   OUT/probabilities/{case}.nii.gz   float32 lesion probability   (--save_probabilities)
@@ -41,6 +43,7 @@ import numpy as np
 
 from agmr_jax import cli
 from agmr_jax import evaluate
+from agmr_jax import postprocess
 from input_pipeline import layouts
 from input_pipeline import nifti
 from input_pipeline import recipes
@@ -233,11 +236,11 @@ def write_overlay(path: pathlib.Path, image: np.ndarray, mask: np.ndarray, title
   plt.close(fig)
 
 
-def _predict_case(case, outputs, stage, model_parts, recipe, *, threshold) -> dict:
+def _predict_case(case, outputs, stage, model_parts, recipe, *, post) -> dict:
   predictor, variables = model_parts
   image, _, geometry = nifti.load_case(case)
   probs = predict_volume(predictor, variables, recipe, image)
-  mask = (probs >= threshold).astype(np.uint8)
+  mask = post(probs, geometry.spacing).astype(np.uint8)
   nifti.save_mask(stage.path(outputs['mask']), mask, geometry)
   if 'probabilities' in outputs:
     nifti.save_mask(stage.path(outputs['probabilities']), probs, geometry, dtype=np.float32)
@@ -251,10 +254,15 @@ def _predict_case(case, outputs, stage, model_parts, recipe, *, threshold) -> di
 
 
 def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabilities=False,
-            tta=False, overlay=False, overwrite=False, threshold=0.5,
+            tta=False, overlay=False, overwrite=False, threshold: float | None = None,
+            min_component_mm3: float | None = None,
             batch_size: int | None = None) -> list[dict]:
   """Predicts every case of `input_path` into `output_dir` (see the module docstring)."""
   output_dir = pathlib.Path(output_dir)
+  post = postprocess.load(workdir)
+  post = postprocess.PostProcess(
+      post.threshold if threshold is None else threshold,
+      post.min_component_mm3 if min_component_mm3 is None else min_component_mm3)
   config = evaluate.load_config(workdir)
   recipe = evaluate.run_recipe(config, workdir)
   cases = find_cases(input_path, recipe.modalities)
@@ -271,13 +279,14 @@ def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabil
     for i, case in enumerate(cases, 1):
       t0 = time.perf_counter()
       result = _predict_case(case, plan[case.case_id], stage, (predictor, variables), recipe,
-                             threshold=threshold)
+                             post=post)
       result['seconds'] = time.perf_counter() - t0
       results.append(result)
       print(f'[{i}/{len(cases)}] {case.case_id}: {result["lesion_voxels"]} lesion voxels '
             f'({result["lesion_ml"]:.2f} ml), {result["seconds"]:.1f} s', flush=True)
     stage.commit()
-  print(f'wrote {len(results)} mask(s) to {output_dir} (checkpoint step {step})')
+  print(f'wrote {len(results)} mask(s) to {output_dir} (checkpoint step {step}, threshold '
+        f'{post.threshold}, components under {post.min_component_mm3:g} mm3 removed)')
   return results
 
 
@@ -285,7 +294,8 @@ def main(argv):
   cli.run(argv, lambda f: predict(
       f.input, f.output, f.workdir, checkpoint=f.checkpoint,
       save_probabilities=f.save_probabilities, tta=f.tta, overlay=f.overlay,
-      overwrite=f.overwrite, threshold=f.threshold, batch_size=f.batch_size))
+      overwrite=f.overwrite, threshold=f.threshold, min_component_mm3=f.min_component_mm3,
+      batch_size=f.batch_size))
 
 
 if __name__ == '__main__':
@@ -299,6 +309,9 @@ if __name__ == '__main__':
   flags.DEFINE_bool('tta', False, 'Average with the left-right flipped prediction.')
   flags.DEFINE_bool('overlay', False, 'Write PNGs of four axial slices with the mask outlined.')
   flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.')
-  flags.DEFINE_float('threshold', 0.5, 'Probability threshold of the mask.')
+  flags.DEFINE_float('threshold', None, "Probability threshold of the mask (default: the run's "
+                     'postprocess.json, else 0.5).')
+  flags.DEFINE_float('min_component_mm3', None, 'Remove lesion components smaller than this '
+                     "(default: the run's postprocess.json, else 0).")
   flags.DEFINE_integer('batch_size', None, 'Slices per batch (default: the run\'s eval batch).')
   app.run(main)

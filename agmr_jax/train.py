@@ -292,5 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                     'command again to resume')
   if step < run.total_steps or not config.final_eval:
     return None
+  if config.tune_postprocess:
+    evaluate_lib.tune_postprocess(run.workdir, config)
   return evaluate_lib.evaluate_run(run.workdir, config, split='test', checkpoint='best',
                                    write_predictions=config.write_predictions)

@@ -82,7 +82,8 @@ def base() -> ml_collections.ConfigDict:
   c.max_checkpoints = 2  # Resumable checkpoints kept.
   c.stop_after_steps = -1  # Stop (with a checkpoint) after this many steps of this job; -1: never.
   c.async_checkpoints = True  # Write checkpoints in the background.
-  c.final_eval = True  # After training: evaluate the test split with the best checkpoint.
+  c.final_eval = True  # After training: evaluate the test split with the best checkpoint...
+  c.tune_postprocess = True  # ...post-processed as chosen on validation (postprocess.py).
   c.write_predictions = True  # ...and write its predicted masks as NIfTI into the workdir.
   return c
 

@@ -13,6 +13,7 @@ import pytest
 
 from agmr_jax import evaluate
 from agmr_jax import metrics
+from agmr_jax import postprocess
 from agmr_jax import predict
 from input_pipeline.errors import DataError
 from tests.test_evaluate import REPO, trained_run
@@ -72,7 +73,9 @@ def test_prediction_matches_evaluation(run, predicted, tiny_raw):
     assert metrics.dsc(mask, truth) == row['dsc']  # the very number evaluate reported
     probs = nib.load(root / 'out' / 'probabilities' / f'{case}.nii.gz')
     assert probs.get_data_dtype() == np.float32
-    np.testing.assert_array_equal(np.asarray(probs.dataobj) >= 0.5, mask > 0)
+    post = postprocess.load(workdir)  # the run's validation-chosen post-processing
+    np.testing.assert_array_equal(post(np.asarray(probs.dataobj), src.header.get_zooms()[:3]),
+                                  mask > 0)
   oblique, out = nib.load(root / 'in' / 'oblique.nii.gz'), nib.load(root / 'out' / 'oblique.nii.gz')
   np.testing.assert_array_equal(out.affine, oblique.affine)
   assert out.header['descrip'] == oblique.header['descrip']

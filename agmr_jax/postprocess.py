@@ -1,0 +1,122 @@
+"""Post-processing of predicted lesion probabilities, chosen on the validation split.
+
+    mask = PostProcess(threshold=0.4, min_component_mm3=200.0)(probs, spacing)
+
+keeps the voxels with probability >= threshold, then removes every connected component
+(26-connectivity) smaller than `min_component_mm3` in physical volume. PostProcess() (0.5, 0) is
+the plain 0.5 threshold used before any tuning.
+
+Why: per-case DSC scores a case with no lesion 1 if its prediction is empty and 0 for a single
+stray voxel, and stray specks cost small precision on every other case. nnU-Net therefore decides
+its post-processing (component removal) on held-out cases after training; here the decision is
+the pair (threshold, minimum component volume), made on the validation split in the source
+geometry (the grid the papers' metrics are computed on) with `tune`, and stored in the run's
+workdir as postprocess.json, which evaluation and prediction then apply. The grid is small on
+purpose: it is chosen on a handful of cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from agmr_jax import metrics
+
+FILENAME = 'postprocess.json'
+THRESHOLDS = (0.3, 0.4, 0.5)
+MIN_COMPONENT_MM3 = (0.0, 50.0, 200.0, 1000.0)
+_FULL = np.ones((3, 3, 3), bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class PostProcess:
+  """Probability volume -> bool mask: threshold, then drop components under a volume (mm3)."""
+  threshold: float = 0.5
+  min_component_mm3: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 < self.threshold < 1.0:
+      raise ValueError(f'threshold must lie in (0, 1), got {self.threshold}')
+    if self.min_component_mm3 < 0:
+      raise ValueError(f'min_component_mm3 must be >= 0, got {self.min_component_mm3}')
+
+  def __call__(self, probs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    return remove_small_components(probs >= self.threshold, spacing, self.min_component_mm3)
+
+
+def remove_small_components(mask: np.ndarray, spacing: Sequence[float],
+                            min_mm3: float) -> np.ndarray:
+  """`mask` without its 26-connected components of physical volume < min_mm3 (a new array)."""
+  mask = np.asarray(mask, bool)
+  if min_mm3 <= 0 or not mask.any():
+    return mask.copy()
+  labels, n = ndimage.label(mask, _FULL)
+  voxels = np.bincount(labels.ravel(), minlength=n + 1)
+  keep = voxels * float(np.prod(spacing)) >= min_mm3
+  keep[0] = False
+  return keep[labels]
+
+
+def grid(thresholds: Iterable[float] = THRESHOLDS,
+         min_volumes: Iterable[float] = MIN_COMPONENT_MM3) -> list[PostProcess]:
+  return [PostProcess(float(t), float(m)) for t in thresholds for m in min_volumes]
+
+
+class Tally:
+  """Per-case DSC of every candidate, accumulated one case at a time (volumes are not kept)."""
+
+  def __init__(self, candidates: Sequence[PostProcess]):
+    if not candidates:
+      raise ValueError('no post-processing candidates')
+    self.candidates = list(candidates)
+    self.scores: list[list[float]] = [[] for _ in self.candidates]
+
+  def add(self, probs: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> None:
+    truth = np.asarray(truth, bool)
+    for pp, scores in zip(self.candidates, self.scores):
+      scores.append(metrics.dsc(pp(probs, spacing), truth))
+
+  def means(self) -> list[float]:
+    if not self.scores[0]:
+      raise ValueError('no cases were added')
+    return [float(np.mean(s)) for s in self.scores]
+
+  def best(self) -> tuple[PostProcess, float]:
+    """The candidate with the highest mean DSC. Ties go to the earliest candidate in the order
+    of `_preference`: the plain 0.5 threshold first, then thresholds nearer 0.5, then smaller
+    minimum volumes, so nothing is changed that the validation cases do not ask for."""
+    means = self.means()
+    order = sorted(range(len(self.candidates)), key=lambda i: _preference(self.candidates[i]))
+    i = max(order, key=lambda k: (means[k], -order.index(k)))
+    return self.candidates[i], means[i]
+
+
+def _preference(pp: PostProcess) -> tuple[float, float]:
+  return abs(pp.threshold - 0.5), pp.min_component_mm3
+
+
+def save(workdir: str | pathlib.Path, pp: PostProcess, **info) -> pathlib.Path:
+  """Writes {workdir}/postprocess.json: the choice plus whatever `info` records about it."""
+  path = pathlib.Path(workdir) / FILENAME
+  payload = {'threshold': pp.threshold, 'min_component_mm3': pp.min_component_mm3, **info}
+  tmp = path.with_name(f'.{FILENAME}.tmp')
+  tmp.write_text(json.dumps(payload, indent=2, default=float))
+  tmp.replace(path)
+  return path
+
+
+def load(workdir: str | pathlib.Path) -> PostProcess:
+  """The run's chosen post-processing, or PostProcess() (threshold 0.5) if none was chosen."""
+  path = pathlib.Path(workdir) / FILENAME
+  if not path.exists():
+    return PostProcess()
+  try:
+    payload = json.loads(path.read_text())
+    return PostProcess(float(payload['threshold']), float(payload['min_component_mm3']))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path}: not a post-processing choice ({e})') from e

@@ -1,0 +1,118 @@
+"""Validation-chosen post-processing: component removal, the choice, and its use by evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agmr_jax import evaluate
+from agmr_jax import metrics
+from agmr_jax import postprocess
+from agmr_jax.postprocess import PostProcess
+from tests.test_evaluate import trained_run
+
+
+def _two_blobs() -> np.ndarray:
+  mask = np.zeros((8, 8, 8), bool)
+  mask[1:3, 1:3, 1:3] = True  # 8 voxels
+  mask[6, 6, 6] = True  # 1 voxel
+  return mask
+
+
+def test_small_components_go_by_physical_volume():
+  mask = _two_blobs()
+  spacing = (1.0, 1.0, 2.0)  # 2 mm3 per voxel: blobs of 16 and 2 mm3
+  assert postprocess.remove_small_components(mask, spacing, 2.0).sum() == 9
+  kept = postprocess.remove_small_components(mask, spacing, 2.5)
+  assert kept.sum() == 8 and not kept[6, 6, 6]
+  assert postprocess.remove_small_components(mask, spacing, 16.5).sum() == 0
+  assert postprocess.remove_small_components(mask, spacing, 0.0).sum() == 9
+  assert mask.sum() == 9  # the input is not modified
+
+
+def test_diagonal_neighbours_are_one_component():
+  mask = np.zeros((4, 4, 4), bool)
+  mask[0, 0, 0] = mask[1, 1, 1] = True  # corner-touching: 26-connected
+  assert postprocess.remove_small_components(mask, (1, 1, 1), 2.0).sum() == 2
+
+
+def test_threshold_is_inclusive_and_validated():
+  probs = np.array([[[0.29, 0.3, 0.5, 0.9]]], np.float32)
+  assert PostProcess(0.3)(probs, (1, 1, 1)).tolist() == [[[False, True, True, True]]]
+  assert PostProcess()(probs, (1, 1, 1)).tolist() == [[[False, False, True, True]]]
+  with pytest.raises(ValueError, match='threshold'):
+    PostProcess(1.0)
+  with pytest.raises(ValueError, match='min_component_mm3'):
+    PostProcess(0.5, -1.0)
+
+
+def test_tally_removes_a_stray_voxel_of_an_empty_case():
+  """An empty case with one stray voxel scores 0 unless components are removed; the lesion
+  case keeps its score, so the tally picks the removal."""
+  lesion = np.zeros((8, 8, 8), bool)
+  lesion[1:4, 1:4, 1:4] = True  # 27 mm3
+  probs_lesion = lesion * np.float32(0.9)
+  probs_empty = np.zeros((8, 8, 8), np.float32)
+  probs_empty[6, 6, 6] = 0.9
+  tally = postprocess.Tally(postprocess.grid((0.5,), (0.0, 10.0, 100.0)))
+  tally.add(probs_lesion, lesion, (1, 1, 1))
+  tally.add(probs_empty, np.zeros_like(lesion), (1, 1, 1))
+  assert tally.means() == [0.5, 1.0, 0.5]  # 100 mm3 also removes the 27 mm3 lesion
+  assert tally.best() == (PostProcess(0.5, 10.0), 1.0)
+
+
+def test_tally_ties_keep_the_plain_threshold():
+  lesion = np.zeros((6, 6, 6), bool)
+  lesion[2:4, 2:4, 2:4] = True
+  tally = postprocess.Tally(postprocess.grid())
+  tally.add(lesion * np.float32(0.95), lesion, (1, 1, 1))  # every candidate scores 1
+  assert tally.best() == (PostProcess(0.5, 0.0), 1.0)
+  # Among equal scores away from 0.5, the threshold nearer 0.5 and the smaller volume win.
+  probs = lesion * np.float32(0.45)
+  tally = postprocess.Tally(postprocess.grid((0.3, 0.4, 0.5), (0.0, 50.0)))
+  tally.add(probs, lesion, (1, 1, 1))
+  assert tally.best() == (PostProcess(0.4, 0.0), 1.0)
+
+
+def test_save_and_load(tmp_path):
+  assert postprocess.load(tmp_path) == PostProcess()  # nothing chosen: threshold 0.5
+  postprocess.save(tmp_path, PostProcess(0.4, 200.0), step=7)
+  assert postprocess.load(tmp_path) == PostProcess(0.4, 200.0)
+  assert json.loads((tmp_path / postprocess.FILENAME).read_text())['step'] == 7
+  (tmp_path / postprocess.FILENAME).write_text('{"threshold": 0.4}')
+  with pytest.raises(ValueError, match=postprocess.FILENAME):
+    postprocess.load(tmp_path)
+
+
+@pytest.fixture(scope='module')
+def run(tiny_built, data_dir):
+  del tiny_built
+  return trained_run(data_dir)
+
+
+def test_training_chooses_on_validation_and_evaluation_applies_it(run):
+  workdir, summary = run
+  chosen = json.loads((workdir / postprocess.FILENAME).read_text())
+  scores = [c['val_dsc'] for c in chosen['candidates']]
+  assert len(scores) == len(postprocess.grid())
+  assert chosen['val_dsc'] == max(scores) and chosen['split'] == 'validation'
+  assert chosen['step'] == summary['run']['step']
+  assert (summary['run']['threshold'], summary['run']['min_component_mm3']) == (
+      chosen['threshold'], chosen['min_component_mm3'])
+  # Without post-processing: a separate '-raw' result, equal to thresholding at 0.5.
+  raw = evaluate.evaluate_run(workdir, split='test', post=False, write_predictions=False)
+  assert raw['out_dir'].name == 'test-raw'
+  raw_run = json.loads((raw['out_dir'] / 'summary.json').read_text())['run']
+  assert (raw_run['threshold'], raw_run['min_component_mm3']) == (0.5, 0.0)
+  # The chosen candidate applied to the written raw probabilities... is what evaluation wrote.
+  post = PostProcess(chosen['threshold'], chosen['min_component_mm3'])
+  rows = evaluate.read_cases(workdir / 'eval' / 'test')
+  config = evaluate.load_config(workdir)
+  from agmr_jax import train  # pylint: disable=g-import-not-at-top
+  dataset = train.prepare_data(config)
+  folds = dataset.split_folds(config.data.test_fold, config.data.val_fold)
+  predictor, variables, _ = evaluate.load_predictor(workdir, config, evaluate.recipe_of(dataset))
+  volumes = evaluate.source_volumes(predictor, variables, dataset, folds['test'])
+  for row, (case_id, probs, truth, geometry) in zip(rows, volumes):
+    assert row['case_id'] == case_id
+    assert row['dsc'] == metrics.dsc(post(probs, geometry.spacing), truth)
