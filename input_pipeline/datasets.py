@@ -5,7 +5,7 @@ One function serves the build command, the train loop and the tests:
     path = prepare('synthetic_atlas', recipe, data_dir='data')               # writes, then builds
     path = prepare('atlas_r12', recipe, data_dir='data', manual_dir='ATLAS')  # builds from disk
 
-Synthetic NIfTI trees go to `{data_dir}/raw/{name}-n{N}-seed{S}` in their real layouts, so the
+Synthetic NIfTI trees go to `{data_dir}/raw/{synthetic.tag}` in their real layouts, so the
 layout readers and the builder are exercised exactly as with real data. Every step is skipped
 when its output exists already.
 """
@@ -34,7 +34,7 @@ def resolve(dataset: str, data_dir: str | os.PathLike, manual_dir: str | os.Path
   """Finds (and for synthetic datasets, writes if missing) the NIfTI tree of `dataset`."""
   if dataset in synthetic.SYNTHETIC:
     _, layout = synthetic.SYNTHETIC[dataset]
-    tag = f'{dataset}-n{num_subjects}-seed{seed}'
+    tag = synthetic.tag(dataset, num_subjects, seed)
     root = pathlib.Path(manual_dir) if manual_dir else pathlib.Path(data_dir) / 'raw' / tag
     if not root.exists():
       logging.info('Writing synthetic dataset %s (%d subjects) to %s', dataset, num_subjects, root)

@@ -7,7 +7,8 @@ Subject k is drawn from SeedSequence([seed, k, crc32(layout)]), so it does not d
 many subjects are written, and the same seed gives identical arrays.
 
   synthetic_atlas      atlas_r12  MNI152 T1 (197x233x189, 1 mm, MNI affine), int16, WM ~430-1300;
-                                  0-3 chronic lesions (hypointense, 0.2-150 cm3), one mask
+                                  0-3 chronic lesions (hypointense: grey-matter-like margin,
+                                  CSF-like core; 0.2-150 cm3), one mask
                                   file per lesion (one all-zero file when there is none)
   synthetic_isles2018  isles2018  CT (int16 HU) + CBF, CBV, MTT, Tmax; 256x256x8..16 of
                                   (0.8-1.0)^2 x 5 mm, uncompressed .nii; mask = core
@@ -82,8 +83,13 @@ def atlas_subject(rng: np.random.Generator) -> dict:
   """One ATLAS-like subject: {'T1' (float32, saved rounded to int16), 'masks' (uint8, one per
   lesion), 'brain' (the jittered brain mask, bool), 'affine' (MNI)}.
 
-  Chronic lesions darken tissue by a factor 1 - c (c ~ U(0.25, 0.7) per subject, +-0.05 per
-  lesion) with soft edges and texture, so they overlap CSF and grey matter in intensity. Then a
+  Chronic lesions darken tissue by a factor 1 - c with soft edges and texture. c rises from a
+  gliotic margin (c ~ U(0.2, 0.45) per subject, +-0.05 per lesion: grey-matter-like) to a
+  cavitated core (c ~ U(0.55, 0.75) per lesion: CSF-like), the core being the voxels deeper in
+  the lesion than a fraction U(0.2, 0.5) of its largest depth (_core_map). So margins overlap
+  grey matter and cores overlap CSF in intensity, and no intensity threshold segments a lesion.
+  (Version 1 drew one c ~ U(0.25, 0.7) per subject for the whole lesion, so a 100 ml infarct
+  could be uniformly grey-matter-like, which chronic infarcts of that size are not.) Then a
   rigid jitter (<= 3 deg, <= 3 mm), a bias field (~15%), a global scale (WM ~ 430-1300) and
   Rician noise (1.5-5% of WM) inside the brain; exactly zero outside it (skull-stripped).
   """
@@ -92,9 +98,11 @@ def atlas_subject(rng: np.random.Generator) -> dict:
   num = int(rng.choice(len(_ATLAS_LESION_COUNTS), p=_ATLAS_LESION_COUNTS))
   lesions = [L.place_lesion(rng, L.sample_volume_mm3(rng, 0.2, 150.0)) for _ in range(num)]
   image = np.array(maps['t1'])
-  depth = rng.uniform(0.25, 0.7)
+  margin = rng.uniform(0.2, 0.45)
   for les in lesions:
-    c = np.clip(depth + rng.normal(0.0, 0.05), 0.2, 0.75)
+    rim = np.clip(margin + rng.normal(0.0, 0.05), 0.15, 0.5)
+    core = rng.uniform(0.55, 0.75)
+    c = rim + (core - rim) * _core_map(les.mask, rng.uniform(0.2, 0.5))
     texture = L.smooth_noise(rng, les.mask.shape, corr_vox=3.0)
     image[les.box] *= 1.0 - np.clip(c * les.soft * (1.0 + 0.2 * texture), 0.0, 0.95)
   matrix, offset = L.grid_transform(affine, affine, L.random_rotation(rng, 3.0),
@@ -110,6 +118,14 @@ def atlas_subject(rng: np.random.Generator) -> dict:
   t1[box][support] = L.rician(rng, signal[support], rng.uniform(0.015, 0.05) * 0.86 * scale)
   masks = [((labels >> k) & 1).astype(np.uint8) for k in range(num)]
   return {'T1': t1, 'masks': masks, 'brain': (labels & L.BRAIN_BIT) > 0, 'affine': affine}
+
+
+def _core_map(mask: np.ndarray, fraction: float, ramp_vox: float = 2.0) -> np.ndarray:
+  """0 on a lesion's margin rising to 1 in its core: the voxels whose depth inside the mask
+  (Euclidean distance to the outside) exceeds `fraction` of the largest depth, over `ramp_vox`."""
+  depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
+  start = fraction * float(depth.max(initial=0.0))
+  return np.clip((depth - start) / ramp_vox, 0.0, 1.0).astype(np.float32)
 
 
 def write_atlas_case(root: pathlib.Path, index: int, seed: int) -> dict:
@@ -276,6 +292,15 @@ SYNTHETIC = {
     **{name: (synthetic_tiny.make_writer(name), 'nnunet') for name in synthetic_tiny.TINY_MODALITIES},
 }
 _ROOT_FILES = {'isles2022': _bids_description}
+# Generator versions: a change to what a dataset's subjects look like bumps its version, which
+# goes into the folder name (`tag`), so trees written by an older generator are never reused.
+VERSIONS = {'synthetic_atlas': 2}
+
+
+def tag(name: str, num_subjects: int, seed: int) -> str:
+  """Folder (and records) name of a written dataset: 'synthetic_atlas-v2-n60-seed0'."""
+  version = VERSIONS.get(name, 1)
+  return f'{name}{f"-v{version}" if version > 1 else ""}-n{num_subjects}-seed{seed}'
 
 
 def write_dataset(name: str, root: str | os.PathLike, num_subjects: int,
@@ -305,7 +330,8 @@ def write_dataset(name: str, root: str | os.PathLike, num_subjects: int,
     records = [writer(tmp, k, int(seed)) for k in range(int(num_subjects))]
     if layout in _ROOT_FILES:
       _ROOT_FILES[layout](tmp)
-    meta = {'name': name, 'layout': layout, 'seed': int(seed), 'num_subjects': int(num_subjects),
+    meta = {'name': name, 'layout': layout, 'version': VERSIONS.get(name, 1), 'seed': int(seed),
+            'num_subjects': int(num_subjects),
             'cases': records}
     (tmp / 'synthetic.json').write_text(json.dumps(meta, indent=1) + '\n')
     _refuse_existing(root)
