@@ -354,7 +354,7 @@ def tune_postprocess(workdir, config=None, *, checkpoint: str = 'best') -> dict 
     tally.add(probs, truth, geometry.spacing)
   chosen, score = tally.best()
   plain = tally.means()[tally.candidates.index(postprocess.PostProcess())]
-  info = dict(step=int(step), split='validation', num_cases=len(folds['validation']),
+  info = dict(step=int(step), split='validation', num_cases=len(tally.scores[0]),
               val_dsc=score, val_dsc_threshold_0_5=plain,
               candidates=[dict(threshold=c.threshold, min_component_mm3=c.min_component_mm3,
                                val_dsc=m) for c, m in zip(tally.candidates, tally.means())])

@@ -29,7 +29,10 @@ from agmr_jax import metrics
 
 FILENAME = 'postprocess.json'
 THRESHOLDS = (0.3, 0.4, 0.5)
-MIN_COMPONENT_MM3 = (0.0, 50.0, 200.0, 1000.0)
+# Specks only: at the demo's 64x64 a 200 mm3 component is one or two pixels on a few slices, while
+# real lesions start around that size (the synthetic ones at 200 mm3); larger removals would trade
+# real lesions for noise-level gains on a handful of validation cases.
+MIN_COMPONENT_MM3 = (0.0, 50.0, 200.0)
 _FULL = np.ones((3, 3, 3), bool)
 
 

@@ -96,6 +96,7 @@ def test_training_chooses_on_validation_and_evaluation_applies_it(run):
   scores = [c['val_dsc'] for c in chosen['candidates']]
   assert len(scores) == len(postprocess.grid())
   assert chosen['val_dsc'] == max(scores) and chosen['split'] == 'validation'
+  assert chosen['num_cases'] == 2  # tiny: 10 subjects in 5 folds, one of them validation
   assert chosen['step'] == summary['run']['step']
   assert (summary['run']['threshold'], summary['run']['min_component_mm3']) == (
       chosen['threshold'], chosen['min_component_mm3'])
