@@ -292,18 +292,24 @@ def eval_name(split: str, checkpoint='best', flip_tta: bool = False,
 
 def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str = 'best',
                  write_predictions: bool = True, overwrite: bool = True,
-                 flip_tta: bool = False, post: bool = True) -> dict:
+                 flip_tta: bool = False,
+                 post: bool | postprocess.PostProcess = True) -> dict:
   """Evaluates `split` of a run; returns {'summary', 'rows', 'step', 'out_dir'}.
 
-  With `post`, the masks get the post-processing chosen on validation (postprocess.json, written
-  by training); without it, or when the run has none, the plain 0.5 threshold.
+  With `post` True, the masks get the post-processing chosen on validation (postprocess.json,
+  written by training); False, or a run without a choice, the plain 0.5 threshold; a
+  PostProcess, that one (training passes its choice directly: no process reads the file before
+  process 0 has written it).
   """
   from agmr_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   workdir = pathlib.Path(workdir)
   config = config or load_config(workdir)
   checkpoint = parse_checkpoint(checkpoint)
-  final_dir = workdir / 'eval' / eval_name(split, checkpoint, flip_tta, post)
-  chosen = postprocess.load(workdir) if post else postprocess.PostProcess()
+  final_dir = workdir / 'eval' / eval_name(split, checkpoint, flip_tta, post is not False)
+  if isinstance(post, postprocess.PostProcess):
+    chosen = post
+  else:
+    chosen = postprocess.load(workdir) if post else postprocess.PostProcess()
   if final_dir.exists() and not overwrite:
     raise FileExistsError(f'{final_dir}: exists; pass --overwrite to replace it')
   dataset = train.prepare_data(config)

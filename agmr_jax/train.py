@@ -26,6 +26,7 @@ from agmr_jax import evaluate as evaluate_lib
 from agmr_jax import inference
 from agmr_jax import objectives
 from agmr_jax import optim
+from agmr_jax import postprocess
 from agmr_jax import reporting
 from agmr_jax import runtime
 from agmr_jax import sharding as sharding_lib
@@ -292,7 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                     'command again to resume')
   if step < run.total_steps or not config.final_eval:
     return None
-  if config.tune_postprocess:
-    evaluate_lib.tune_postprocess(run.workdir, config)
+  chosen = evaluate_lib.tune_postprocess(run.workdir, config) if config.tune_postprocess else None
+  post = (postprocess.PostProcess(chosen['threshold'], chosen['min_component_mm3'])
+          if chosen else True)
   return evaluate_lib.evaluate_run(run.workdir, config, split='test', checkpoint='best',
-                                   write_predictions=config.write_predictions)
+                                   write_predictions=config.write_predictions, post=post)
