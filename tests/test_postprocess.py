@@ -9,7 +9,7 @@ from agmr_jax import evaluate
 from agmr_jax import metrics
 from agmr_jax import postprocess
 from agmr_jax.postprocess import PostProcess
-from tests.test_evaluate import trained_run
+from tests.test_evaluate import run  # pylint: disable=unused-import  (its trained-run fixture)
 
 
 def _two_blobs() -> np.ndarray:
@@ -82,12 +82,6 @@ def test_save_and_load(tmp_path):
   (tmp_path / postprocess.FILENAME).write_text('{"threshold": 0.4}')
   with pytest.raises(ValueError, match=postprocess.FILENAME):
     postprocess.load(tmp_path)
-
-
-@pytest.fixture(scope='module')
-def run(tiny_built, data_dir):
-  del tiny_built
-  return trained_run(data_dir)
 
 
 def test_training_chooses_on_validation_and_evaluation_applies_it(run):
