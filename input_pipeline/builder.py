@@ -158,7 +158,9 @@ def build(*, source: str, layout: str, recipe: recipes_lib.Recipe, data_dir: str
   """Builds the dataset if it is not built yet; returns its version folder."""
   builder = StrokeSlices(source=source, layout=layout, recipe=recipe, num_folds=num_folds,
                          split_seed=split_seed, data_dir=os.fspath(data_dir))
-  manual_dir = pathlib.Path(manual_dir)
+  # Absolute, so slices_meta.json's source paths (read by evaluation) hold from any working
+  # directory: a build made with data_dir='data' is reused by a later run given its full path.
+  manual_dir = pathlib.Path(manual_dir).resolve()
   if not manual_dir.is_dir():
     raise DataError(manual_dir, 'manual_dir does not exist or is not a folder')
   layouts.LAYOUTS[layout](manual_dir)  # fails fast, naming the folder, before TFDS starts

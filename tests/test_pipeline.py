@@ -1,6 +1,7 @@
 """Slice records and the Grain pipeline: splits, shards, resumable iterators, case iteration."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -137,6 +138,18 @@ def test_meta_records_source_files(tiny_built, tiny_raw):
   case = meta['cases']['tiny_000']
   assert case['images']['T1'].endswith('imagesTr/tiny_000_0000.nii.gz')
   assert case['masks'][0].endswith('labelsTr/tiny_000.nii.gz')
+
+
+def test_meta_source_paths_hold_from_another_directory(tiny_raw, tiny_recipe, tmp_path,
+                                                       monkeypatch):
+  # Built with relative paths, then used from elsewhere: evaluation must still find the NIfTIs.
+  monkeypatch.chdir(tiny_raw.parent)
+  path = datasets.prepare('nnunet', tiny_recipe, data_dir=tmp_path / 'data',
+                          manual_dir=tiny_raw.name)
+  monkeypatch.chdir(tmp_path)
+  meta = json.loads((path / builder_lib.META_FILE).read_text())
+  masks = [m for case in meta['cases'].values() for m in case['masks']]
+  assert masks and all(pathlib.Path(m).is_file() for m in masks)
 
 
 def test_lesion_oversampling_repeats_exactly_the_lesion_slices(tiny_built):
