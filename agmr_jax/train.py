@@ -118,9 +118,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   folds = dataset.split_folds(config.data.test_fold, val_fold)
   mesh = sharding_lib.make_mesh()
   local_bs = sharding_lib.local_batch_size(config.batch_size, mesh)
+  balance = config.data.get('lesion_balance', 'slice')
+  if balance not in ('slice', 'case'):
+    raise ValueError(f"data.lesion_balance must be 'slice' or 'case', not {balance!r}")
+  case_ids = [c for c, _ in dataset.records(folds['train'])] if balance == 'case' else None
   source = pipeline.oversample_lesions(dataset.source(folds['train']),
                                       dataset.lesion_pixels(folds['train']),
-                                      config.data.lesion_oversample)
+                                      config.data.lesion_oversample, case_ids)
   steps_per_epoch = max(len(source) // config.batch_size, 1)
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * steps_per_epoch))

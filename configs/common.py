@@ -56,6 +56,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.val_fold = 3  # Validation fold for model selection; -1: none.
   c.data.augment = 'none'  # Key of input_pipeline.augment.AUGMENT_PRESETS.
   c.data.lesion_oversample = 1  # Slices with a lesion appear this many times per epoch (1: off).
+  # 'slice': every lesion slice lesion_oversample times; 'case': balanced so each case's lesion
+  # slices get about the same share (small lesions seen as often as large ones).
+  c.data.lesion_balance = 'slice'
   c.data.worker_count = 0  # Grain worker processes (0: load in the main process).
 
   c.batch_size = 8  # Global batch size, split over all devices of all processes.

@@ -100,17 +100,39 @@ class _Gather:
     return f'_Gather({self._source!r}, n={len(self._indices)}, indices#{digest:08x})'
 
 
-def oversample_lesions(source: grain.MapDataset, lesion_pixels: np.ndarray,
-                       factor: int) -> grain.MapDataset:
-  """Lists every slice with a lesion `factor` times (nnU-Net-style foreground oversampling).
+def oversample_lesions(source: grain.MapDataset, lesion_pixels: np.ndarray, factor: int,
+                       case_ids: Sequence[str] | None = None) -> grain.MapDataset:
+  """Lists slices with a lesion more often (nnU-Net-style foreground oversampling).
 
   Lesions fill a few percent of the slices of a stroke volume; repeating those slices makes a short
   run see enough positives without changing which slices exist or how they are augmented.
+  Without `case_ids` every lesion slice appears `factor` times. With them (one per record) the
+  repeats are balanced by case (lesion_repeats): a 1 ml lesion spans a tenth of the slices of a
+  100 ml one, so slice-uniform oversampling leaves small lesions rare in what the network sees.
   """
   if factor <= 1:
     return source
-  repeats = np.where(np.asarray(lesion_pixels) > 0, factor, 1)
+  repeats = lesion_repeats(lesion_pixels, factor, case_ids)
   return grain.MapDataset.source(_Gather(source, np.repeat(np.arange(len(source)), repeats)))
+
+
+def lesion_repeats(lesion_pixels: np.ndarray, factor: int,
+                   case_ids: Sequence[str] | None = None) -> np.ndarray:
+  """How many times each record is listed: 1 without lesion; `factor` with one, or, given
+  `case_ids`, round(factor * mean / n) for a case with n lesion slices (the mean over the cases
+  with lesions), at least 1 and at most factor**2. So each case's lesion slices together get
+  about the same share of an epoch, and the epoch keeps about factor x its lesion slices."""
+  has_lesion = np.asarray(lesion_pixels) > 0
+  if case_ids is None:
+    return np.where(has_lesion, factor, 1)
+  case_ids = np.asarray(case_ids)
+  if case_ids.shape != has_lesion.shape:
+    raise ValueError(f'{len(case_ids)} case ids for {len(has_lesion)} records')
+  cases, index = np.unique(case_ids, return_inverse=True)
+  per_case = np.bincount(index, weights=has_lesion, minlength=len(cases))
+  mean = per_case[per_case > 0].mean() if per_case.any() else 1.0
+  case_repeats = np.clip(np.round(factor * mean / np.maximum(per_case, 1)), 1, factor**2)
+  return np.where(has_lesion, case_repeats[index], 1).astype(int)
 
 
 def to_training_element(record: Element) -> Element:

@@ -166,6 +166,21 @@ def test_lesion_oversampling_repeats_exactly_the_lesion_slices(tiny_built):
   assert pipeline.oversample_lesions(source, pixels, 1) is source
 
 
+def test_case_balanced_oversampling_by_hand():
+  # Case a: 4 lesion slices of 5; case b: 1 of 3. Mean lesion slices per case 2.5, factor 2:
+  # a's lesion slices round(2 * 2.5 / 4) = 1 time, b's round(2 * 2.5 / 1) = 5 times, capped at 4.
+  pixels = np.array([0, 9, 9, 9, 9, 0, 3, 0])
+  cases = ['a'] * 5 + ['b'] * 3
+  np.testing.assert_array_equal(pipeline.lesion_repeats(pixels, 2), [1, 2, 2, 2, 2, 1, 2, 1])
+  np.testing.assert_array_equal(pipeline.lesion_repeats(pixels, 2, cases),
+                                [1, 1, 1, 1, 1, 1, 4, 1])
+  # Cases with equal numbers of lesion slices are oversampled exactly as without balancing.
+  np.testing.assert_array_equal(pipeline.lesion_repeats(pixels[:6], 3, ['a'] * 3 + ['b'] * 3),
+                                [1, 3, 3, 3, 3, 1])
+  with pytest.raises(ValueError, match='2 case ids for 8 records'):
+    pipeline.lesion_repeats(pixels, 2, ['a', 'b'])
+
+
 def test_worker_processes_yield_the_same_batches(tiny_built):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
