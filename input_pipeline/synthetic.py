@@ -84,12 +84,15 @@ def atlas_subject(rng: np.random.Generator) -> dict:
   lesion), 'brain' (the jittered brain mask, bool), 'affine' (MNI)}.
 
   Chronic lesions darken tissue by a factor 1 - c with soft edges and texture. c rises from a
-  gliotic margin (c ~ U(0.2, 0.45) per subject, +-0.05 per lesion: grey-matter-like) to a
-  cavitated core (c ~ U(0.55, 0.75) per lesion: CSF-like), the core being the voxels deeper in
-  the lesion than a fraction U(0.2, 0.5) of its largest depth (_core_map). So margins overlap
-  grey matter and cores overlap CSF in intensity, and no intensity threshold segments a lesion.
-  (Version 1 drew one c ~ U(0.25, 0.7) per subject for the whole lesion, so a 100 ml infarct
-  could be uniformly grey-matter-like, which chronic infarcts of that size are not.) Then a
+  gliotic rim (c ~ U(0.2, 0.45) per subject, +-0.05 per lesion: grey-matter-like) to a cavitated
+  core (c ~ U(0.55, 0.75) per lesion: CSF-like). The rim has a thickness in millimetres,
+  U(1, 3) mm but at most a third of the lesion's largest depth, and the core follows over a
+  1.5 mm ramp (_core_map); so a lacune is a CSF-like cavity with a thin grey rim, as on T1, and
+  the rim of a large infarct is a band a few millimetres wide. Margins overlap grey matter and
+  cores overlap CSF in intensity, and no intensity threshold segments a lesion. (Version 1 drew
+  one c ~ U(0.25, 0.7) per subject for the whole lesion, so a 100 ml infarct could be uniformly
+  grey-matter-like; version 2 made the rim a fraction U(0.2, 0.5) of the largest depth, so a
+  1 ml lesion was mostly rim and a 100 ml one had a rim up to a centimetre wide.) Then a
   rigid jitter (<= 3 deg, <= 3 mm), a bias field (~15%), a global scale (WM ~ 430-1300) and
   Rician noise (1.5-5% of WM) inside the brain; exactly zero outside it (skull-stripped).
   """
@@ -102,7 +105,7 @@ def atlas_subject(rng: np.random.Generator) -> dict:
   for les in lesions:
     rim = np.clip(margin + rng.normal(0.0, 0.05), 0.15, 0.5)
     core = rng.uniform(0.55, 0.75)
-    c = rim + (core - rim) * _core_map(les.mask, rng.uniform(0.2, 0.5))
+    c = rim + (core - rim) * _core_map(les.mask, rng.uniform(1.0, 3.0))
     texture = L.smooth_noise(rng, les.mask.shape, corr_vox=3.0)
     image[les.box] *= 1.0 - np.clip(c * les.soft * (1.0 + 0.2 * texture), 0.0, 0.95)
   matrix, offset = L.grid_transform(affine, affine, L.random_rotation(rng, 3.0),
@@ -120,11 +123,13 @@ def atlas_subject(rng: np.random.Generator) -> dict:
   return {'T1': t1, 'masks': masks, 'brain': (labels & L.BRAIN_BIT) > 0, 'affine': affine}
 
 
-def _core_map(mask: np.ndarray, fraction: float, ramp_vox: float = 2.0) -> np.ndarray:
-  """0 on a lesion's margin rising to 1 in its core: the voxels whose depth inside the mask
-  (Euclidean distance to the outside) exceeds `fraction` of the largest depth, over `ramp_vox`."""
+def _core_map(mask: np.ndarray, rim_vox: float, ramp_vox: float = 1.5,
+              max_rim_fraction: float = 1 / 3) -> np.ndarray:
+  """0 on a lesion's rim rising to 1 in its core: the voxels whose depth inside the mask
+  (Euclidean distance to the outside) exceeds `rim_vox`, capped at `max_rim_fraction` of the
+  largest depth so that small lesions keep a core, over `ramp_vox` voxels."""
   depth = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
-  start = fraction * float(depth.max(initial=0.0))
+  start = min(rim_vox, max_rim_fraction * float(depth.max(initial=0.0)))
   return np.clip((depth - start) / ramp_vox, 0.0, 1.0).astype(np.float32)
 
 
@@ -294,11 +299,11 @@ SYNTHETIC = {
 _ROOT_FILES = {'isles2022': _bids_description}
 # Generator versions: a change to what a dataset's subjects look like bumps its version, which
 # goes into the folder name (`tag`), so trees written by an older generator are never reused.
-VERSIONS = {'synthetic_atlas': 2}
+VERSIONS = {'synthetic_atlas': 3}
 
 
 def tag(name: str, num_subjects: int, seed: int) -> str:
-  """Folder (and records) name of a written dataset: 'synthetic_atlas-v2-n60-seed0'."""
+  """Folder (and records) name of a written dataset: 'synthetic_atlas-v3-n60-seed0'."""
   version = VERSIONS.get(name, 1)
   return f'{name}{f"-v{version}" if version > 1 else ""}-n{num_subjects}-seed{seed}'
 

@@ -284,3 +284,14 @@ def test_placed_lesions_stay_in_brain():
   for _ in range(5):
     les = lesions_lib.place_lesion(rng, lesions_lib.sample_volume_mm3(rng, 0.2, 150.0))
     assert les.mask.any() and not (les.mask & ~brain[les.box]).any()
+
+
+def test_lesion_core_starts_at_the_rim_thickness():
+  # A cube of 21 voxels (1 mm): along the middle of an axis the depth (distance to the first
+  # voxel outside) is 1, 2, 3, ... from the face. With a 2 mm rim and a 1.5 mm ramp the core map
+  # is 0 to depth 2, (depth - 2) / 1.5 on the ramp, 1 from depth 3.5. A cube of 5 (largest
+  # depth 3) keeps a core: its rim is capped at a third of that depth.
+  core = synthetic._core_map(np.ones((21, 21, 21), bool), rim_vox=2.0)
+  np.testing.assert_allclose(core[10, 10, :5], [0.0, 0.0, 2 / 3, 1.0, 1.0], atol=1e-6)
+  small = synthetic._core_map(np.ones((5, 5, 5), bool), rim_vox=2.0)
+  np.testing.assert_allclose(small[2, 2, :3], [0.0, 2 / 3, 1.0], atol=1e-6)
