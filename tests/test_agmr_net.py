@@ -346,6 +346,7 @@ def test_config_rows_and_keys():
   assert tuple(demo.model_kwargs.features) == (8, 16, 32, 64, 128)
   assert demo.model == 'agmr_net' and demo.loss.name == 'agmr'  # The paper's network and loss.
   assert demo.data.num_subjects == 60 and demo.bn_momentum == 0.9
+  assert demo.data.lesion_balance == 'case' and demo.eval_every_steps == demo.num_train_steps
   paper = agmr_config.get_config()
   assert (paper.optimizer.learning_rate, paper.optimizer.decay_rate, paper.num_epochs,
           paper.batch_size, paper.loss.kwargs.cpa_weight) == (1e-3, 0.96, 150.0, 8, 0.15)
