@@ -24,7 +24,6 @@ mean ± std and one global DSC over all of them. Writes `{root}/crossval.md` and
 import ast
 import csv
 import importlib.util
-import json
 from absl import logging
 import os
 import pathlib
@@ -88,22 +87,10 @@ def fold_config(spec: str, fold: int, overrides: Sequence[str] = ()) -> ml_colle
 
 
 def _check_same_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  path = workdir / 'config.json'
-  if not path.exists():
-    return
-  old, new = json.loads(path.read_text()), json.loads(config.to_json_best_effort())
-  if old != new:
-    diff = sorted(_diff_keys(old, new))
-    raise ValueError(f'{path}: this fold was run with another config (differs in '
-                     f'{", ".join(diff[:8])}); use another --workdir_root')
-
-
-def _diff_keys(a, b, prefix=''):
-  if isinstance(a, dict) and isinstance(b, dict):
-    for k in sorted(set(a) | set(b)):
-      yield from _diff_keys(a.get(k), b.get(k), f'{prefix}{k}.')
-  elif a != b:
-    yield prefix.rstrip('.')
+  diff = [name for name, _, _ in evaluate.config_changes(workdir, config)]
+  if diff:
+    raise ValueError(f'{workdir / "config.json"}: this fold was run with another config (differs '
+                     f'in {", ".join(diff[:8])}); use another --workdir_root')
 
 
 def evaluated(workdir: pathlib.Path) -> bool:

@@ -32,6 +32,7 @@ import pathlib
 import shutil
 import tempfile
 import types
+from typing import Any
 
 import jax
 import ml_collections
@@ -79,6 +80,28 @@ def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
   except json.JSONDecodeError as e:
     raise DataError(path, f'not valid JSON ({e})') from e
+
+
+def config_changes(workdir: str | pathlib.Path,
+                   config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+  """(dotted field, value in the workdir's config.json, value in `config`) for every field that
+  differs; [] when the workdir has no config.json yet."""
+  path = pathlib.Path(workdir) / 'config.json'
+  if not path.exists():
+    return []
+  try:
+    old = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise DataError(path, f'not valid JSON ({e})') from e
+  return sorted(_changes(old, json.loads(config.to_json_best_effort())))
+
+
+def _changes(a, b, prefix=''):
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      yield from _changes(a.get(k), b.get(k), f'{prefix}{k}.')
+  elif a != b:
+    yield prefix.rstrip('.'), a, b
 
 
 def parse_checkpoint(value) -> str | int:

@@ -277,11 +277,44 @@ def _write_best(workdir: pathlib.Path, step: int, score: float) -> None:
     (workdir / 'best.json').write_text(json.dumps({'step': step, 'score': score}))
 
 
+# Fields a resumed run may change: they decide what is logged, saved or evaluated and where data
+# are read, not the parameters reached. The training length may grow too (a warning says that a
+# schedule tied to it then differs from an uninterrupted run's).
+RESUME_MAY_CHANGE = frozenset({
+    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'max_checkpoints',
+    'stop_after_steps', 'async_checkpoints', 'final_eval', 'tune_postprocess',
+    'write_predictions', 'eval_batch_size', 'data.data_dir', 'data.manual_dir',
+    'data.worker_count'})
+_LENGTH = frozenset({'num_train_steps', 'num_epochs'})
+
+
+def check_resumable(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a run under a config that would train it differently.
+
+  A workdir with a checkpoint resumes; its config.json says how the run was started. A change to
+  anything outside RESUME_MAY_CHANGE (model, data, loss, optimiser, seed, batch size, ...) would
+  silently mix two experiments in one run, so it raises, naming the fields.
+  """
+  if not any((workdir / 'checkpoints').glob('[0-9]*')):
+    return
+  changed = [c for c in evaluate_lib.config_changes(workdir, config)
+             if c[0] not in RESUME_MAY_CHANGE]
+  if all(name in _LENGTH for name, _, _ in changed):
+    for name, old, new in changed:
+      logging.warning('%s: resuming with %s %s (was %s); a schedule tied to the training length '
+                      'now differs from an uninterrupted run', workdir, name, new, old)
+    return
+  details = ', '.join(f'{name}: {old!r} -> {new!r}' for name, old, new in changed)
+  raise ValueError(f'{workdir / "config.json"}: {workdir} holds a run started with another config '
+                   f'({details}); resume it with its own config, or train in a new --workdir')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming if possible), then evaluates the test split; returns its summary."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   runtime.set_xla_flags(config.get('deterministic', False))  # Raises if JAX started without them.
+  check_resumable(workdir, config)
   if jax.process_index() == 0:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   reporting.log_topology()

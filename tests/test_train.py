@@ -88,6 +88,21 @@ def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, data_dir, t
   assert steps == [2, 4, 6]
 
 
+def test_resuming_under_another_config_is_refused(data_dir, tmp_path, caplog):
+  config = tiny_config(data_dir)
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  changed = tiny_config(data_dir, seed=1, **{'optimizer.learning_rate': 0.5})
+  train.check_resumable(tmp_path, changed)  # no checkpoint yet: a fresh start, nothing to mix
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.001 -> 0.5, seed: 0 -> 1"):
+    train.check_resumable(tmp_path, changed)
+  # Bookkeeping may change; a longer run resumes with a warning about its schedule.
+  train.check_resumable(tmp_path, tiny_config(data_dir, log_every_steps=1, stop_after_steps=2,
+                                              **{'data.data_dir': '/elsewhere'}))
+  train.check_resumable(tmp_path, tiny_config(data_dir, num_train_steps=12))
+  assert 'num_train_steps 12 (was 6)' in caplog.text
+
+
 def test_prediction_files_match_the_source_geometry(uninterrupted, tiny_raw):
   workdir, result = uninterrupted
   for row in result['rows']:
