@@ -107,8 +107,8 @@ def oversample_lesions(source: grain.MapDataset, lesion_pixels: np.ndarray, fact
   Lesions fill a few percent of the slices of a stroke volume; repeating those slices makes a short
   run see enough positives without changing which slices exist or how they are augmented.
   Without `case_ids` every lesion slice appears `factor` times. With them (one per record) the
-  repeats are balanced by case (lesion_repeats): a 1 ml lesion spans a tenth of the slices of a
-  100 ml one, so slice-uniform oversampling leaves small lesions rare in what the network sees.
+  repeats are balanced by case (lesion_repeats): a 1 ml lesion spans about a fifth of the slices
+  of a 100 ml one, so slice-uniform oversampling leaves small lesions rare in what the net sees.
   """
   if factor <= 1:
     return source
