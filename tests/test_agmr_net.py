@@ -392,20 +392,27 @@ def test_agmr_loss_terms_and_values():
 
 # --- training -------------------------------------------------------------------------------
 
-def test_short_tiny_run_lowers_the_loss(tiny_built, data_dir, tmp_path):
-  # Two levels and no validation: compiling init and the train step is most of this test.
+def test_few_hundred_steps_lower_the_loss_and_raise_validation_dice(tiny_built, data_dir,
+                                                                    tmp_path):
+  # 200 steps of a two-level AGMR-Net on synthetic_tiny, validated every 50 (per-case 3D Dice on
+  # the validation fold): on this machine loss 2.88 -> 0.76, CPA BCE 1.17 -> 0.34, validation
+  # Dice 0.52 -> 0.93, in about 45 s (compiling the train and predict steps is a third of it).
   config = conftest.tiny_config(
       agmr_config, data_dir, **{'model_kwargs.features': (4, 8), 'model_kwargs.features_3d': (4, 8),
                                 'model_kwargs.fusion_levels': (2,),
                                 'model_kwargs.dropout_levels': (2,),
-                                'data.val_fold': -1, 'num_train_steps': 24, 'log_every_steps': 6,
-                                'checkpoint_every_steps': 24, 'final_eval': False,
-                                'optimizer.learning_rate': 3e-3})
+                                'num_train_steps': 200, 'log_every_steps': 50,
+                                'eval_every_steps': 50, 'checkpoint_every_steps': 200,
+                                'final_eval': False, 'optimizer.learning_rate': 3e-3})
   train.train_and_evaluate(config, str(tmp_path))
-  rows = [r for r in reporting.read_metrics(tmp_path) if 'train/loss' in r]
-  assert [r['step'] for r in rows] == [6, 12, 18, 24]
+  metrics = reporting.read_metrics(tmp_path)
+  rows = [r for r in metrics if 'train/loss' in r]
+  dice = [r['val/dice'] for r in metrics if 'val/dice' in r]
+  assert [r['step'] for r in rows] == [50, 100, 150, 200] and len(dice) == 4
   print('\n' + '\n'.join(f"step {r['step']}: loss {r['train/loss']:.3f} "
-                         f"cpa_bce {r['train/cpa_bce']:.3f}" for r in rows))
-  assert rows[-1]['train/loss'] < rows[0]['train/loss']
-  assert rows[-1]['train/cpa_bce'] < rows[0]['train/cpa_bce']
+                         f"cpa_bce {r['train/cpa_bce']:.3f} val dice {d:.3f}"
+                         for r, d in zip(rows, dice)))
+  assert rows[-1]['train/loss'] < 0.5 * rows[0]['train/loss']
+  assert rows[-1]['train/cpa_bce'] < 0.5 * rows[0]['train/cpa_bce']  # CPA maps approach the priors
+  assert dice[-1] > dice[0] + 0.2 and dice[-1] > 0.8
   assert {'train/focal', 'train/log_dice', 'train/sobel', 'train/cpa_bce_2'} <= set(rows[0])
