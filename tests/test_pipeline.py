@@ -12,7 +12,7 @@ from input_pipeline import pipeline
 from input_pipeline import splits
 from input_pipeline import synthetic
 from input_pipeline.errors import DataError
-from input_pipeline import synthetic_tiny
+from input_pipeline.synthetic import tiny as synthetic_tiny
 
 
 def test_assign_folds_is_deterministic_and_balanced():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import synthetic
-from input_pipeline import synthetic_lesions as lesions_lib
+from input_pipeline.synthetic import lesions as lesions_lib
 
 ATLAS_SEED = 35  # subject 0 has no lesion, subject 1 has three: both mask-file cases
 
