@@ -1,4 +1,7 @@
-"""Networks. `MODELS[name](**fields)` builds one with the paper's defaults."""
+"""Networks. `MODELS[name](**fields)` builds one with the paper's defaults.
+
+Per network, the paper's spec, the choices made and the counts: docs/models.md
+"""
 
 from agmr_jax.models.agmr_net import AGMRNet
 from agmr_jax.models.attention_unet import AttentionUNet

@@ -22,43 +22,15 @@ Ablation switches (configs/agmr_net.py names one variant per table row):
   mdu_position  'decoder' | 'skip' | 'encoder' | 'none' (D-UNet's up path)         Tables 5, 10
 With 'skip' / 'encoder' the decoder keeps D-UNet's upsample + 2x2 conv, and the multi-scale
 block (MDU's branches with stride 1, C -> C) sits on the skip connections of levels 1-4, or
-in the encoder after levels 1-4 (so its output also feeds the next level). The paper only names
-the positions; this is the placement that keeps the same four widths as the skips.
+in the encoder after levels 1-4 (so its output also feeds the next level).
 
-Parameters (trainable values, the PyTorch count of the paper's Table 9; tests/test_agmr_net.py
-counts them with jax.eval_shape):
-  D-UNet trainable                                               8,633,379
-  - its 4 up convs (nearest x2 + 2x2 conv)                        -696,800
-  + MDU, 4 stages, C_in = 512/256/128/64:
-      41 C_in^2 weights + C_in biases + 2 C_in BN               14,277,440
-  + post-MDU 3x3 conv-BN-ReLU C_in -> f (f = C_in / 2):
-      18 f^2 + f bias + 2 f BN                                   1,568,160
-  + decoder blocks: [skip; up] has 2f channels, as in D-UNet             0
-  + CPA, 5 x (36*18 + 18*36), no biases                              6,480
-  + CFF - SE-add at levels 2, 3 (C = 64, 128):
-      MLPs 6C^2/8 - C^2/4, projection BN 2C                         10,624
-  = 23,799,283: Table 9's count for kernels {3,5,7,9}, exactly; the kernel variants differ by
-C_in^2 (sum k^2 - 164) / 4 summed over the stages (e.g. {3,3,3,3}: -11,141,120 = -32 x
-(512^2 + 256^2 + 128^2 + 64^2)), so all five Table 9 counts are matched. BN moving statistics
-add 2 x 5,024 channels = 10,048 non-trainable values (23,809,331 in Keras's count).
+Parameters at the defaults: 23,799,283 trainable values, Table 9's count for kernels {3,5,7,9}
+exactly, and the other four kernel sets match too (tests/test_agmr_net.py); plus 10,048 BN
+moving statistics (23,809,331 in Keras's count). `mdu_conv=False` (MDU straight into the
+concat, no conv after it) gives 23,014,483, 784,800 short of Table 9: the post-MDU 3x3
+conv-BN-ReLU is what closes the gap.
 
-How the structure was pinned down. Built literally from the module descriptions (MDU's C_in
-channels straight into the concat, so the decoder's first conv reads 3f channels;
-`mdu_conv=False`), the count is 23,014,483, 784,800 short of Table 9. Whatever the small
-details (biases, BN placement, CFF widths: a few thousand values either way), the gap is
-9 (256^2 + 128^2 + 64^2 + 32^2) = 783,360 plus a few thousand: the weights of one more 3x3 conv
-C_in -> f per decoder stage than the concat accounts for. The paper says MDU "replaces the
-parameter-free linear interpolation" (Sec. 1) -- the upsampling of the "upsample, then conv" up
-path -- and that every decoder conv is 3x3 with BN and ReLU (Sec. 4.2), so the conv after the MDU
-stays. The last few thousand values were then settled by a search over the details the paper
-leaves open (MDU bias/BN, post-MDU bias/BN, CPA biases, CFF MLP widths and biases, BN in the 3D
-projection, 1x1 or 3x3 head); the one combination consistent with the text that lands exactly
-is the one above: CFF's MLPs as the text describes them (C/R middle neurons, not the Table 8
-formula's 2C/R, cff.py), BN after every conv including the 3D projection (Sec. 4.2), PyTorch's
-default biases on convs and transposed convs, and bias-free MLPs in CPA as in CFF and SE. It is
-the only exact one of the 768 combinations searched; PyTorch's default biases in the CPA and CFF
-MLPs with D-UNet's BN-free projection give +318, the Table 8 formula's CFF +5,120.
-Counted the same way, D-UNet has 8,633,379 trainable values (8,640,163 with BN statistics).
+How the structure was pinned down, the breakdown and the ablation counts: docs/models.md#agmr-net
 """
 
 import functools

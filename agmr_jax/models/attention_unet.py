@@ -9,6 +9,8 @@ up path, head, float32 logits) is unet.UNet.
 Parameters at the defaults (Keras counting): the U-Net's 7,772,161 (4 input
 channels) plus 4 C^2 + 6 C + 1 per gate for C = 256, 128, 64, 32, i.e. 351,044:
 8,123,205 in all (8,122,341 for 1 input channel).
+
+Choices and paper numbers: docs/models.md#u-net-and-attention-u-net
 """
 
 import flax.linen as nn
@@ -29,7 +31,7 @@ class AttentionGate(nn.Module):
     y     = BN(W_out *_{1x1} (up_bilinear(alpha) * x))     (B, H, W, C)
 
   x: skip (B, H, W, C); g: gating signal at half resolution (B, H/2, W/2, C_g).
-  The intermediate width is C // 2 (the reference implementation's default).
+  The intermediate width is C // 2 unless `inter_features` is given.
   alpha at full resolution is sown as intermediates['alpha'] for inspection.
   """
   inter_features: int | None = None

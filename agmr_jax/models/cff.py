@@ -8,22 +8,15 @@ Fuses the 3D branch into the 2D encoder at levels 2 and 3, in place of D-UNet's 
   w_3   = sigmoid(f_2^3(ReLU(f_1^3(g))))        (B, C)                                    (Eq. 7)
   out   = 3D_t * w_3 + 2D * w_2                 (B, H, W, C)                              (Eq. 8)
 
-The MLP widths. The text gives each MLP a middle layer of C/R neurons: two MLPs 2C -> C/R -> C,
-6 C^2 / R weights (the default, `shared_hidden=False`). The paper's Table 8 formula,
-"2C * 2C/R + 2 (2C/R * C)" (= C^2/4 at R = 32, stated to equal D-UNet's two SE blocks), instead
-describes one first layer 2C -> 2C/R shared by both outputs (`shared_hidden=True`, 8 C^2 / R).
-The two statements cannot both hold; the text's version is the one under which AGMR-Net's
-total matches Table 9 (agmr_net.py), so it is the default, and the formula's version is kept
-for reproducing Table 8's parameter parity. The MLPs have no bias (D-UNet's SE, the formula).
-
-The projection. 3D_t's 3x3 conv is followed by BN and ReLU here (`project_bn=True`), as the paper
-says of every conv (Sec. 4.2) and as Table 9's count requires; D-UNet's Keras projection has no BN
-(`project_bn=False` reuses dunet.Project3DTo2D).
-
-`combine='concat'` is Table 7's "CFF-Concat": out = ReLU(W_1x1 * [3D_t * w_3; 2D * w_2] + b),
-like D-UNet's concat fusion but on the re-weighted features.
+MLPs (no biases): by default two MLPs 2C -> C/R -> C (the text; 6 C^2 / R weights);
+`shared_hidden=True` uses one first layer 2C -> 2C/R shared by both outputs (the Table 8
+formula; 8 C^2 / R). 3D_t's 3x3 conv is followed by BN (`project_bn=True`); `project_bn=False`
+reuses D-UNet's BN-free dunet.Project3DTo2D. `combine='concat'` is Table 7's "CFF-Concat":
+out = ReLU(W_1x1 * [3D_t * w_3; 2D * w_2] + b).
 
 Follows DUNet's fusion contract: `CFF(features=C, dtype=, name=)(x3d, x2d, *, train)`.
+
+Why the text's MLP widths and the projection BN (Table 9's count): docs/models.md#cff
 """
 
 import flax.linen as nn

@@ -23,20 +23,12 @@ Ablation switches (Table 2; "off" is the plain U-Net baseline behaviour):
                        ConvLSTM) before its two 3x3 convs.
 All three off: a 5-level U-Net with BN after every conv (the paper's baseline).
 
-Parameter count at the defaults, BN counted 4 per channel (Keras), with
-cbr(k, C_in, f) = k^2 C_in f + 5 f and pair(C_in, f) = cbr(3, C_in, f) + cbr(3, f, f):
-  encoder blocks  9,824 + 184,960 + 738,560 + 2,951,680 + 11,801,600 = 15,686,624
-  CLF 1..4        27,040 + 156,800 + 789,376 + 3,742,720           =  4,715,936
-  CLF-ASPP        branches 1,111,040 (cross) + 264,704 (1x1, pool)
-                  + 3,542,784 (atrous) + 2,364,416 (projection)    =  7,282,944
-  decoder convs   up 1,223,008 + skip 89,440 + pairs 1,571,520     =  2,883,968
-  ConvLSTMs       Keras 6,268,800; flax +1,920 (see conv_lstm.py)  =  6,270,720
-  head                                                             =         33
-  total           36,840,225 (Keras layer list: 36,838,305, +0.005 %)
-of which 2 x 12,640 = 25,280 are BN moving statistics ('batch_stats'), so
-36,814,945 trainable values in 'params' (36,813,025 in the Keras layer list).
-Ablations: no CLF 18,997,633; no ASPP 29,032,993; no inference 31,263,425;
-all off (the BN U-Net baseline) 7,773,217.
+Parameters at the defaults, BN counted 4 per channel (Keras): 36,840,225 (the public code's
+layer list: 36,838,305; the +1,920 are flax's ConvLSTM hidden-conv biases, conv_lstm.py), of
+which 25,280 BN moving statistics, so 36,814,945 in 'params'. Ablations: no CLF 18,997,633; no
+ASPP 29,032,993; no inference 31,263,425; all off (the BN U-Net baseline) 7,773,217.
+
+Per-part breakdown and what the paper leaves to the code: docs/models.md#clci-net
 """
 
 import flax.linen as nn

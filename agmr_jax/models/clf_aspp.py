@@ -26,6 +26,8 @@ nine 256-channel branches, concatenated and projected to 1024:
 
 Without the cross-level branches (`cross_level=False`) it is the original
 five-branch ASPP of DeepLab (Table 2's "ASPP" without "CLF").
+
+Choices and counts: docs/models.md#clf-and-clf-aspp
 """
 
 from collections.abc import Sequence
@@ -73,8 +75,7 @@ class CrossLevelFusion(nn.Module):
   Attributes:
     features: width of the 1x1 fusion conv (the next level's input).
     branch_features: width of each strided branch; None means C_k, the current
-      level's width (the Keras code's choice, which makes every branch as wide
-      as the pooled feature).
+      level's width (the Keras code's), as wide as the pooled feature.
     dtype: compute dtype.
   """
   features: int
@@ -111,9 +112,9 @@ class AtrousConvBNReLU(nn.Module):
 class ImagePooling(nn.Module):
   """ASPP's image-level branch: global mean -> 1x1 conv-BN-ReLU -> broadcast back.
 
-  (B, h, w, C) -> (B, h, w, features). The Keras code average-pools over the
-  whole h x w map and bilinearly upsamples the 1x1 result by (h, w), which is a
-  broadcast. The mean is taken in float32.
+  (B, h, w, C) -> (B, h, w, features): the Keras code's average pool over the
+  whole map and bilinear upsampling of the 1x1 result, i.e. a broadcast. The
+  mean is taken in float32.
   """
   features: int
   dtype: Dtype = jnp.float32

@@ -12,17 +12,14 @@ and returns Y together with the G x G attention *logits* (B, G, G) in float32; t
 sigmoid(logits) with the prior map (the ground truth max-pooled over the same grid) by binary
 cross-entropy, which is numerically safer on logits.
 
-The grid. At 192 x 192 the five encoder levels are 192, 96, 48, 24, 12 pixels: every one a
-multiple of 6, and the paper's patches are exact (32 x 32 at full resolution for the prior map).
-Smaller inputs (the 64 x 64 demo, 32 x 32 tests) give levels that are not multiples of 6, or
-smaller than 6. The grid then follows PyTorch's adaptive pooling, which the paper's code
-(PyTorch) most likely used: patch p along an axis of length S covers rows
-[floor(p S / G), ceil((p + 1) S / G)) -- exact patches when G divides S, slightly overlapping ones
-otherwise, never empty -- and upsampling assigns row r to patch floor(r G / S) (PyTorch 'nearest').
-Both are applied as small constant matrices (einsum), so gradients are plain matmuls:
-deterministic on GPU, no gather/scatter.
+Patch grid: patch p along an axis of S pixels covers rows [floor(p S / G), ceil((p + 1) S / G))
+(PyTorch's adaptive pooling: exact 32 x 32 patches at 192 x 192, slightly overlapping ones when G
+does not divide S, never empty); upsampling gives row r the value of patch floor(r G / S)
+(PyTorch 'nearest'). Both are small constant matrices applied by einsum (no gather/scatter).
 
 `FineGrainedAttention` is the comparison of Table 6 ("Baseline + FA", CBAM's spatial attention).
+
+Choices (nearest vs "linear" upsampling, the grid, bias-free MLPs): docs/models.md#cpa
 """
 
 import functools
@@ -93,8 +90,7 @@ class CPA(nn.Module):
   """Coarse-grained patch attention: (B, H, W, C) -> ((B, H, W, C), logits (B, G, G)).
 
   Follows DUNet's `stage_attention` contract: `CPA(dtype=, name=)(x, *, train) -> (y, aux)`.
-  Parameters: f_1 (G^2 -> hidden) and f_2 (hidden -> G^2), by default without biases like the
-  other MLPs of the network (SE, CFF), which is what Table 9's total implies (agmr_net.py):
+  Parameters: f_1 (G^2 -> hidden) and f_2 (hidden -> G^2), by default without biases:
   36 * 18 + 18 * 36 = 1,296 per module at G = 6 (1,350 with biases).
 
   Attributes:

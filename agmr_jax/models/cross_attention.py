@@ -11,21 +11,15 @@ W_e, W_d and W_S are 1x1 convolutions ("linear projections ... using convolution
 branches"), so the gate works pixel by pixel. alpha is one map broadcast over all
 C_e channels of X_e.
 
-Where the decoder signal comes from. Unlike Oktay et al.'s grid attention
-(attention_unet.AttentionGate: gating signal at half resolution, 2x2 strided
-W_x, alpha upsampled), the thesis gates with "decoder features in the same
-scale (X_{d,L_t})": X_d here is the coarser decoder output *after* its bilinear
-x2 upsampling, i.e. the very tensor that is concatenated next to X_re. Hence both
-inputs have the same H and W, and no resampling happens inside the gate.
-
-Choices the thesis leaves open, taken from common additive-gate practice:
-  * F_int = max(1, C_e // 2) unless `inter_features` is given (Oktay's default).
-  * Biases: W_e has none, W_d and W_S have one. W_e X_e + W_d X_d needs only one
-    bias (two would be redundant before the ReLU).
-  * No BatchNorm and no output projection: X_re = alpha * X_e exactly, as the
-    thesis writes it.
+X_d is the coarser decoder output *after* its bilinear x2 upsampling (the tensor
+concatenated next to X_re), so both inputs have the same H and W and no
+resampling happens inside the gate (unlike attention_unet.AttentionGate).
+F_int = max(1, C_e // 2) unless `inter_features` is given; W_e has no bias, W_d
+and W_S have one; no BatchNorm and no output projection.
 alpha is computed in float32 and sown as intermediates['alpha']; it lies in
 (0, 1) except where float32 sigmoid saturates (|W_S^T S| above about 17 / 88).
+
+Choices ("same scale", widths, biases): docs/models.md#cross-attention-u-net
 """
 
 import flax.linen as nn

@@ -2,32 +2,27 @@
 
   encoder   6 levels, widths 32/64/128/256/512/1024: two 3x3 conv(+bias)-BN-ReLU
             per level, 2x2 max-pool between levels: H/32 at the bottleneck, 7x7
-            for 224x224 (the thesis's "64 times smaller" cannot be meant per
-            side: 224/64 is not an integer).
+            for 224x224.
   decoder   5 stages, coarse to fine: bilinear x2 upsample u (no conv), gate
             the skip with it, X_re = CrossAttentionGate(skip, u) (cross_attention.py),
             concat [X_re, u], two 3x3 conv-BN-ReLU to the skip's width.
   heads     deep supervision on the bottleneck and on the outputs of decoder
             stages 1-4 (widths 1024..64): 1x1 conv + bilinear resize to the
             input's H x W; the last decoder output (width 32) goes through the
-            final 1x1 head. Six estimations in all, coarse to fine, which is
-            what the thesis's six loss weights {0.03, ..., 0.5} need: it counts
-            six decoder levels with the bottleneck as the first.
+            final 1x1 head. Six estimations in all, coarse to fine, one per
+            loss weight {0.03, ..., 0.5}.
   output    {'logits': (B, H, W, K) float32,
              'deep_supervision': tuple of 5 (B, H, W, K) float32, coarse to fine}
             K = 1 (MRI; sigmoid in the loss) or 3 (CT: background, lesion,
             lesion contour; softmax). Pre-activation, as every model here.
 
-Head order. The thesis writes "one bilinear interpolation and ... one 1x1
-convolution". A 1x1 conv commutes with bilinear resizing (the resize weights
-of every output pixel sum to 1, so even the bias passes through), hence the
-conv runs first, at the coarse level, and only K channels are resized: the
-same values at a fraction of the cost (pinned by a test).
+Deep-supervision heads run the 1x1 conv first, at the coarse level, then
+resize the K logit channels: equal to resize-then-conv (pinned by a test).
 
 Ablation switches (thesis Tables 1-2 and Figs. 8-9): `attention=False` gives
 plain [skip, up] concatenation (U-Net, U-Net + CW, U-Net + CW + DS);
 `deep_supervision=False` drops the five auxiliary heads. Class weights are the
-objective's business (objectives_thesis.py).
+objective's business (objectives/thesis.py).
 
 Parameters (params + BN statistics, BN counted 4 per channel), widths f_l:
   level pair C_in -> f:   9 C_in f + 9 f^2 + 10 f
@@ -38,6 +33,9 @@ At the defaults: encoder 18,885,312 + 288 C_in, decoder blocks 12,580,544, gates
 524,773, five DS heads 1,989 K, final head 33 K. With 3 input channels (thesis
 MRI: ADC, TTP, Tmax) and K = 1: 31,993,515 (31,981,483 in 'params'); K = 3:
 31,997,559. Pinned by tests/test_cross_attention_unet.py.
+
+Choices (depth, which decoder feature gates, head order) and counts:
+docs/models.md#cross-attention-u-net
 """
 
 import flax.linen as nn

@@ -11,14 +11,14 @@ is about to upsample; theta_i are point-wise (1x1) convolutions with bias. Shape
 (B, H, W, C), F_de (B, H/2, W/2, C_de); theta_2: C -> C_int, theta_3: C_de -> C_int (applied
 at H/2 x W/2, then nearest-upsampled: a 1x1 conv commutes with nearest upsampling, so this
 equals upsampling first at a quarter of the cost), theta_1: C_int -> 1, so W is one attention
-map (B, H, W, 1) shared by all channels (the paper visualises it as a single map, Fig. 11).
-C_int = C / 2 (Attention U-Net's choice; the paper does not give it).
-
-Eq. (2) has no non-linearity between theta_2/theta_3 and theta_1 (unlike Attention U-Net's
-ReLU); it is kept as written, so the argument of the sigmoid is affine in (F_D, F_de).
+map (B, H, W, 1) shared by all channels. C_int = C / 2 by default. As in Eq. (2), there is no
+non-linearity between theta_2/theta_3 and theta_1: the sigmoid's argument is affine in
+(F_D, F_de).
 
 `GroupSkip` builds the skip feature from the two groups: 'subtract' is Eq. (1); 'add' and
 'concat' (a 1x1 conv 2C -> C after concatenation) are the alternatives of the paper's Table 4.
+
+Choices (F_de, C_int, one shared map, no ReLU): docs/models.md#dasc
 """
 
 import flax.linen as nn

@@ -16,19 +16,10 @@ Re-expressed from the structure of the public Keras code (SZUHvern/D-UNet,
               concat [skip, up], two 3x3 conv-BN-ReLU.
   head        1x1 conv to num_classes float32 logits (sigmoid is the loss's job).
 
-Parameter count at the defaults, BN counted 4 per channel (Keras):
-  conv-BN-ReLU pair, C_in -> f (2D):   9 C_in f + 9 f^2 + 10 f
-  3D pair:                             27 C_in f + 27 f^2 + 10 f
-  2D encoder  10,688 + 55,936 + 222,464 + 887,296 + 3,544,064 = 4,720,448
-  3D stem     28,832 + 166,528 + 664,832                       =   860,192
-  fusion L2   65 (1x1x1) + 1,216 (3x3, 2 -> 64) + 2 x 512 (SE) =     2,305
-  fusion L3   129 + 1,280 (3x3, 1 -> 128) + 2 x 2,048 (SE)     =     5,505
-  up convs    524,544 + 131,200 + 32,832 + 8,224               =   696,800
-  dec blocks  1,772,032 + 443,648 + 111,232 + 27,968           = 2,354,880
-  head        32 + 1                                           =        33
-  total                                                          8,640,163
-of which BN moving statistics (batch_stats) 2 x 3,392 channels = 6,784, so
-8,633,379 trainable values in 'params'.
+Parameter count at the defaults, BN counted 4 per channel (Keras): 2D encoder
+4,720,448, 3D stem 860,192, fusion L2 2,305 and L3 5,505, decoder + head 3,051,713
+(up convs 696,800): 8,640,163 in all, 8,633,379 in 'params' (6,784 BN moving statistics).
+Choices, per-level breakdown and paper numbers: docs/models.md#d-unet
 
 Reuse (AGMR-Net = D-UNet + CPA + CFF + MDU) goes through three factory fields,
 each a linen Module constructor (pass a functools.partial to bind options):

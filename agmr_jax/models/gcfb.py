@@ -14,20 +14,19 @@ Channel embedding (GCFB(channel), GloRe-style, Chen et al. 2019):
     F_theta = theta(F_i) (hw, N), F_phi = phi(F_i) (hw, E)  (1x1 convs with bias)
     G_i     = F_theta^T F_phi                               (4)   (N, E)
     F^_i    = F_theta G^_i                                  (5)   (hw, E)
-    out_i   = F_i + BN(W_ext F^_i)                          (1x1 conv E -> C, no bias; GloRe)
-  N = C / 4 nodes, E = C / 2 features (GloRe's num_node / num_state); projections shared by both
-  groups (they already share the encoder, so they live in one feature space).
+    out_i   = F_i + BN(W_ext F^_i)                          (1x1 conv E -> C, no bias)
+  N = C / 4 nodes, E = C / 2 features; projections shared by both groups.
 
 Space embedding (GCFB(space), ViT-style tokens):
     G_i   = patches(F_i) + P                                (N = hw / p^2, E = p^2 C)
     out_i = F_i + unpatch(G^_i)
-  with a learnable position embedding P (N, E) shared by both groups; p = 1 by default (the
-  paper's N = HW: every bottleneck pixel is a node). A is 2N x 2N and P is N x E, so this block's
-  parameter count depends on the input size (it is fixed at init from the input shape).
+  with a learnable position embedding P (N, E) shared by both groups; p = 1 by default (every
+  bottleneck pixel is a node). A is 2N x 2N and P is N x E, so this block's parameter count
+  depends on the input size (it is fixed at init from the input shape).
 
-The residual connections (channel: GloRe's; space: added for the same reason, so that the block
-refines rather than replaces the encoder feature) are choices: the paper's equations stop at G^.
 `GCFBFusion` runs GCFB(channel) then GCFB(space) and returns out_1 - out_2, the decoder's input.
+
+Choices (N, E, shared projections, the residuals the paper does not have): docs/models.md#gcfb
 """
 
 import flax.linen as nn

@@ -15,6 +15,8 @@ weights are too).
   'transformer' pre-norm transformer layers (ViT): x = x_q + MHA(LN(x_q), LN(x_kv));
                 x = x + MLP(LN(x)) with MLP C -> 4C -> C (GELU), 8 heads, and a learnable
                 position embedding added to the tokens first.
+
+Choices and Table 5's counts: docs/models.md#alternative-bottleneck-fusions
 """
 
 import flax.linen as nn

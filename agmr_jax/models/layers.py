@@ -2,17 +2,16 @@
 
 Everything is NHWC (or NDHWC for 3D blocks) linen. Conventions kept here once:
 
-* Convolutions follow the Keras baselines the papers build on: bias on (Keras
-  default, D-UNet's published parameter count depends on it), He-normal kernels.
+* Convolutions as the Keras baselines: bias on (even before BN), He-normal kernels.
 * BatchNorm(momentum=0.99, epsilon=1e-3) in collection 'batch_stats', computed in
   float32 whatever the compute dtype; the block casts its output back to `dtype`.
 * Params are always float32 (`param_dtype` left at its default); `dtype` is the
   compute dtype only.
-* Pooling and nearest upsampling are reshapes, never `nn.max_pool` or gathers:
-  the gradient of `lax.reduce_window` max is select-and-scatter, which has no
-  deterministic GPU kernel (it fails to compile under
-  `--xla_gpu_deterministic_ops`), and a gather's gradient is a scatter-add.
-  A reshape + max / broadcast has a plain reduction or reshape as its gradient.
+* Pooling and nearest upsampling are reshapes, never `nn.max_pool` or gathers, so
+  their gradients are reductions/reshapes (deterministic on GPU; no
+  select-and-scatter or scatter-add).
+
+Why these conventions: docs/models.md#shared-blocks
 """
 
 import functools
@@ -126,13 +125,12 @@ def check_divisible(x: jax.Array, factor: int, who: str) -> None:
 class Conv3D(nn.Module):
   """Stride-1 'SAME' 3D convolution computed as one 2D convolution: nn.Conv's function.
 
-  Parameters are nn.Conv's, same names, shapes and initialiser ('kernel' (kd, kh, kw, C, F),
-  'bias' (F,)), so checkpoints, parameter counts and weight transfer do not change. The depth
-  taps become channels: with x zero-padded along depth,
+  (B, D, H, W, C) -> (B, D, H, W, F). Parameters are nn.Conv's, same names, shapes and
+  initialiser ('kernel' (kd, kh, kw, C, F), 'bias' (F,)), so checkpoints, parameter counts and
+  weight transfer do not change. The depth taps become channels: with x zero-padded along depth,
     y[:, d] = sum_k conv2d(x[:, d + k], K[k]) = conv2d(concat_k x[:, d + k], K') + b,
-  K' = K transposed to (kh, kw, kd * C, F). XLA's CPU backend runs small 3D convolutions about
-  ten times slower than the equivalent 2D ones (D-UNet's 3D branch cost more than the rest of
-  the network on CPU); a 2D convolution is also the well-trodden path on every accelerator.
+  K' = K transposed to (kh, kw, kd * C, F). Much faster than a 3D conv on XLA:CPU
+  (docs/models.md#shared-blocks).
   """
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
@@ -165,8 +163,8 @@ class ConvBNReLU(nn.Module):
 
   y = act(BN(W * x + b)). (B, *S, C_in) -> (B, *S / strides, features); 'SAME'
   padding (for even kernels the extra row/column goes after, as in TF/Keras).
-  The conv carries a bias although BN follows it: the Keras baselines do, and
-  their published parameter counts include it.
+  The conv carries a bias although BN follows it, as the Keras baselines
+  (their published counts include it; docs/models.md#shared-blocks).
 
   Attributes:
     features: output channels.

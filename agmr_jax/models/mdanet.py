@@ -5,7 +5,7 @@ lesion dark vs bright; ISLES 2022: DWI vs ADC), given by `groups` (channels per 
 order; train.build_model passes the recipe's).
 
   stage 1   per group, own weights: block(x_i) -> F_i^1 (B, H, W, c_1); also returned as
-            out['group_features'] for the similarity loss (objectives_mdanet.py).
+            out['group_features'] for the similarity loss (objectives/mdanet.py).
   encoder   shared weights: levels 2..L, 2x2 max-pool then block; both groups run as one batch
             of 2B (so BatchNorm statistics are common to both groups in training as they are at
             inference, where the running averages are necessarily shared).
@@ -21,28 +21,15 @@ U-Net double conv. Ablations: `skip` in {'subtract', 'add', 'concat'} (Table 4),
 {'gcfb', 'nonlocal', 'transformer', 'none'} (Table 5), `msc` (Table 3); the similarity loss is
 the objective's `lam` (Tables 3 and 6).
 
-Size. The paper gives 25.3 M parameters and 11.22 GFLOPs on ISLES 2018 (Table 1), 22.5 M
-without GCFB (Table 5), but no widths and no input size. Widths 64/128/256/512/1024 (the
-defaults) at a 128x128 input give, counted with `count_params` (BN 4 per channel) and XLA's cost
-analysis of the jitted forward pass (batch 1, train=False):
-  parameters      24,341,285  (-3.8 %; GCFB 2,970,368 of them, without GCFB 21,370,917)
-  XLA flops       23.40 G -> 11.70 G multiply-adds (+4.3 % on 11.22)
-Convention: XLA counts a multiply-add as 2 flops (taps that fall on zero padding are not
-counted; element-wise ops count 1 each); the PyTorch counters behind such tables (thop, ptflops)
-report multiply-adds as "FLOPs", so the paper's 11.22 G is compared with XLA flops / 2.
-The ISLES 2018 recipe's native 256x256 cannot meet both numbers: parameters pin the widths near
-64..1024 and those cost about 4x as much at 256x256 (47.2 G multiply-adds). 128x128 -- the 256x256
-maps resized by 1/2 -- is what they imply together (112x112: 8.95 G, 144x144: 14.8 G), and is this
-model's documented ISLES 2018 input (configs/mdanet.py). ISLES 2022 (2 channels) at the recipe's
-112x112: 24,317,993 parameters, 8.95 G multiply-adds; the paper's 3.57 G lies between 64x64
-(2.99 G) and 80x80 (4.60 G). Its baselines' 2018/2022 FLOPs ratios (about 4.0) suggest a 2022 input half
-the 2018 side, i.e. 64x64. The parameter count moves with the input size only through GCFB(space)
-(A is 2N x 2N and the position embedding N x C for N bottleneck pixels).
-The decoder's up path is the PyTorch U-Net's 2x2 transposed conv (UpsampleTransposed): the same
-parameters as the Keras baselines' upsample + 2x2 conv (layers.UpsampleConv) at a quarter of its
-cost, which would put the total at 13.25 G. Table 5's alternatives at 128x128: 'none'
-21,370,917 / 11.08 G (paper 22.5 M / 10.88 G), 'nonlocal' 25,578,533 / 11.63 G (27.6 M / 11.22 G),
-'transformer' 46,632,997 / 14.34 G (61.7 M / 15.83 G).
+Size. Widths 64/128/256/512/1024 (the defaults; the paper gives none) at the documented ISLES
+2018 input 128x128x4 (configs/mdanet.py): 24,341,285 parameters (count_params, BN 4 per channel;
+GCFB 2,970,368 of them) and 11.70 G multiply-adds (XLA flops / 2 of the jitted forward pass,
+batch 1, train=False), against the paper's 25.3 M and 11.22 GFLOPs (Table 1). The count moves
+with the input size only through GCFB(space) (A is 2N x 2N, the position embedding N x C for N
+bottleneck pixels). The decoder's up path is the PyTorch U-Net's 2x2 transposed conv
+(UpsampleTransposed).
+
+Why these widths and this input size, ISLES 2022 and Table 5 counts: docs/models.md#mdanet
 
 Shapes: (B, H, W, sum(groups)) -> {'logits': (B, H, W, num_classes) float32,
 'group_features': ((B, H, W, c_1), (B, H, W, c_1))}; H, W multiples of 2^(L-1) (times
@@ -79,8 +66,8 @@ class UpsampleTransposed(nn.Module):
   """x2 up path of the PyTorch U-Net: 2x2 transposed conv, stride 2, with bias, no activation.
 
   (B, H, W, C_in) -> (B, 2H, 2W, features); DecoderStage's `upsample` contract. Same parameter
-  count as layers.UpsampleConv (4 C_in C + C) at a quarter of its multiply-adds, which is what
-  brings MDANet to the paper's FLOPs (module docstring).
+  count as layers.UpsampleConv (4 C_in C + C) at a quarter of its multiply-adds
+  (docs/models.md#mdanet).
   """
   features: int
   dtype: layers.Dtype = jnp.float32

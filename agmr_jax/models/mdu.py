@@ -5,30 +5,24 @@ For x (B, H, W, C_in) and kernel sizes k_1..k_n (the paper: 3, 5, 7, 9 with padd
   y_i = Dropout(ReLU(BN(ConvT_{k_i x k_i, stride 2}(x))))     (B, 2H, 2W, C_out / n) each
   y   = [y_1; ...; y_n]                                         (B, 2H, 2W, C_out)
 
-C_out defaults to C_in (the paper's C' = C_in: its Table 9 counts differ between kernel sets by
-exactly sum over stages of C_in * (C_in / 4) * (k^2 differences), e.g. {3,5,7,9} - {3,3,3,3} =
-32 * (512^2 + 256^2 + 128^2 + 64^2) = 11,141,120).
+C_out defaults to C_in (the paper's C', as Table 9's counts imply). Every odd k >= 3 gives exactly
+2H x 2W for any H, W (lax.conv_transpose 'SAME' stride 2; PyTorch's padding (k-1)/2 with
+output_padding 1 is the same operator up to which side the extra row falls on); even k and k = 1
+are rejected.
 
-Output size. PyTorch's ConvTranspose2d(k, stride 2, padding (k-1)/2, output_padding 1) gives
-2H - 1 + 1 = 2H; `lax.conv_transpose(..., strides=(2, 2), padding='SAME')` (flax's
-`nn.ConvTranspose`) gives exactly 2H for every odd kernel size and every H, odd or even, and is the
-same operator up to which side the single extra row falls on. Even kernel sizes have no symmetric
-padding (k - 1)/2, and k = 1 only fills every other pixel: both are rejected.
-
-Sub-pixel form. `ConvTranspose2x` computes exactly lax.conv_transpose's 'SAME' stride-2 result
-(same kernel shape, initialiser and parameter names as nn.ConvTranspose) as four stride-1
+`ConvTranspose2x` computes lax.conv_transpose's 'SAME' stride-2 result (same kernel shape,
+initialiser and parameter names as nn.ConvTranspose) in sub-pixel form: four stride-1
 convolutions of the un-dilated input, one per output phase (a, b) in {0, 1}^2 with the kernel's
-sub-grid K[t_a::2, t_b::2], interleaved by a reshape. The zero-inserted form that XLA's CPU
-backend runs multiplies 4x as many values, three quarters of them zeros: on 2 CPU cores the
-demo-scale AGMR-Net train step (64x64x4 slices, batch 16, widths 16..256) takes 1.95 s this way
-and 4.5 s that way (D-UNet: 1.3 s). The gradient is convolutions and a reshape: deterministic
-on GPU.
+sub-grid K[t_a::2, t_b::2], interleaved by a reshape. No multiplications by inserted zeros; the
+gradient is convolutions and a reshape (deterministic on GPU).
 
 `upsample=False` makes the same multi-scale block with stride-1 convolutions (B, H, W, C_out):
 what Table 10 places in the encoder or on the skip connections instead of the decoder.
 
 Parameters: sum_i (k_i^2 C_in C_out/n + C_out/n) + 2 C_out (BN scale/offset) trainable,
 plus 2 C_out BN moving statistics.
+
+Choices (C' = C_in, output size, sub-pixel timings, dropout rate): docs/models.md#mdu
 """
 
 from collections.abc import Sequence

@@ -6,12 +6,12 @@ and 7 pixels; their outputs are concatenated:
     MSC(x) = concat(chain_1(x), chain_2(x), chain_3(x))        (B, H, W, C_in) -> (B, H, W, C)
     chain_k = (conv3x3-BN-ReLU)^k, every layer at width c_k,  c_1 + c_2 + c_3 = C
 
-The paper gives neither the chain widths nor a fusion conv after the concatenation ("finally
-concatenate them to obtain the multi-scale feature"). Chosen here: c = (C/2, C/4, C/4), no
-fusion conv. Parameters (convs with bias, BN counted 4 per channel):
-9 (C_in C + c_2^2 + 2 c_3^2) + 5 (c_1 + 2 c_2 + 3 c_3), i.e. about
-9 C_in C + 27 C^2 / 16 against the double conv's 9 C_in C + 9 C^2: the paper's "fewer
-parameters". The deeper chains are the narrow ones, so the 7x7 receptive field is cheap.
+Chain widths c = (C/2, C/4, C/4) by default (`fractions`), no fusion conv after the
+concatenation. Parameters (convs with bias, BN counted 4 per channel):
+9 (C_in C + c_2^2 + 2 c_3^2) + 5 (c_1 + 2 c_2 + 3 c_3), about 9 C_in C + 27 C^2 / 16
+(the U-Net double conv: 9 C_in C + 9 C^2).
+
+Choices (the paper gives neither widths nor a fusion conv): docs/models.md#msc
 """
 
 import flax.linen as nn

@@ -3,18 +3,17 @@
 Encoder: 5 levels of two 3x3 conv-BN-ReLU, 2x2 max-pool between levels, dropout
 after the two deepest levels (the dropped-out level-4 feature is also the skip).
 Decoder (4 levels): nearest x2 upsample + 2x2 conv + ReLU, concat [skip, up],
-two 3x3 conv-BN-ReLU. Head: 1x1 conv to `num_classes` float32 logits.
-Upsample + 2x2 conv (not transposed conv) because that is what the Keras
-baselines the papers compare against use, and it keeps the decoder's parameter
-count identical to D-UNet's.
+two 3x3 conv-BN-ReLU (the same decoder as D-UNet's). Head: 1x1 conv to
+`num_classes` float32 logits.
 
 Shapes: (B, H, W, C_in) -> {'logits': (B, H, W, num_classes)}; H and W must be
 multiples of 2 ** (len(features) - 1).
 
 Parameters at the defaults (widths 32..512), Keras counting (BN = 4 per channel):
-encoder 4,719,296 + 288 * C_in (4,720,448 for C_in = 4); decoder plus head
-3,051,713 (up convs 696,800; decoder blocks 2,354,880; head 33). Total
-7,772,161 for 4 input channels, 7,771,297 for 1.
+7,772,161 for 4 input channels, 7,771,297 for 1 (encoder 4,719,296 + 288 C_in;
+decoder plus head 3,051,713).
+
+Choices and paper numbers: docs/models.md#u-net-and-attention-u-net
 """
 
 import flax.linen as nn
