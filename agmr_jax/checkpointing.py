@@ -12,8 +12,13 @@ import pathlib
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from agmr_jax.train_step import TrainState
+from agmr_jax import optim
+from agmr_jax import runs
+from agmr_jax import sharding as sharding_lib
+from agmr_jax import state as state_lib
+from agmr_jax.state import TrainState
 
 
 class Checkpointer:
@@ -23,11 +28,11 @@ class Checkpointer:
                async_save: bool = True):
     workdir = pathlib.Path(workdir).absolute()
     self.latest = ocp.CheckpointManager(
-        workdir / 'checkpoints', item_names=('state', 'data_iter'),
+        workdir / runs.CHECKPOINTS, item_names=('state', 'data_iter'),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save))
     self.best = ocp.CheckpointManager(
-        workdir / 'best', item_names=('state',),
+        workdir / runs.BEST, item_names=('state',),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda m: m['score'], best_mode='max',
             enable_async_checkpointing=False))
@@ -66,21 +71,6 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.best.best_step()
 
-  def restore_state(self, abstract_state: TrainState, which: str = 'best') -> tuple[int, TrainState]:
-    """State only, for evaluation: 'best', 'latest' or a step number."""
-    manager = self.best if which == 'best' else self.latest
-    if which == 'best' and manager.best_step() is None:
-      manager, which = self.latest, 'latest'
-    if which in ('best', 'latest'):
-      step = manager.best_step() if which == 'best' else manager.latest_step()
-    else:
-      step = int(which)
-    if step is None:
-      raise FileNotFoundError('no checkpoint to restore')
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    return step, restored.state
-
   def wait(self) -> None:
     self.latest.wait_until_finished()
     self.best.wait_until_finished()
@@ -90,8 +80,52 @@ class Checkpointer:
     self.best.close()
 
 
-def abstract_state(init_fn, rng: jax.Array, sharding) -> TrainState:
-  """The state's shapes/dtypes with shardings, without materialising it."""
-  shapes = jax.eval_shape(init_fn, rng)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, sharding)
+def parse_checkpoint(value) -> str | int:
+  """'best', 'latest' or a non-negative step number."""
+  if value in ('best', 'latest'):
+    return value
+  try:
+    step = int(value)
+  except (TypeError, ValueError):
+    step = -1
+  if step < 0:
+    raise ValueError(f"checkpoint must be 'best', 'latest' or a step number, got {value!r}")
+  return step
+
+
+def choose_checkpoint(ckpt: Checkpointer, workdir, which):
+  """(manager, step) of 'best' (else latest), 'latest' or a step kept by either manager."""
+  if which == 'best' and ckpt.best.best_step() is not None:
+    return ckpt.best, ckpt.best.best_step()
+  if which in ('best', 'latest'):
+    if which == 'best':
+      logging.warning('%s has no best checkpoint (no validation split?): using the latest', workdir)
+    step = ckpt.latest.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{workdir}: no checkpoint to restore')
+    return ckpt.latest, step
+  for manager in (ckpt.latest, ckpt.best):
+    if which in manager.all_steps():
+      return manager, which
+  kept = sorted(set(ckpt.latest.all_steps()) | set(ckpt.best.all_steps()))
+  raise FileNotFoundError(f'{workdir}: no checkpoint at step {which} (kept: {kept or "none"})')
+
+
+def restore_variables(workdir, config, model, mesh, input_shape, checkpoint) -> tuple[int, dict]:
+  """(step, variables) of the chosen checkpoint, replicated over the mesh."""
+  workdir = pathlib.Path(workdir)
+  if not any((workdir / d).is_dir() for d in (runs.CHECKPOINTS, runs.BEST)):
+    raise FileNotFoundError(f'{workdir}: no checkpoints/ or best/ folder, was the run trained?')
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1, total_steps=1)
+  init_fn = state_lib.make_init(model, input_shape, tx)
+  rng = jax.random.key(0)
+  shardings = jax.tree.map(lambda _: sharding_lib.replicated(mesh), jax.eval_shape(init_fn, rng))
+  abstract = state_lib.abstract_state(init_fn, rng, shardings)
+  ckpt = Checkpointer(workdir)
+  try:
+    manager, step = choose_checkpoint(ckpt, workdir, parse_checkpoint(checkpoint))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+  finally:
+    ckpt.close()
+  return step, restored.state.variables

@@ -1,36 +1,125 @@
-"""What the absl command-line entry points (evaluate, predict, crossval) share.
+"""The one command-line convention every command follows.
 
-Each `main(argv)` is `cli.run(argv, lambda flags: ...)`: positional arguments are refused (exit
-status 2), library INFO logging is quietened, and an expected problem with the user's input or
-files becomes one `error: ...` line on stderr and exit status 1 instead of a traceback. The
-messages name the file themselves (DataError, FileNotFoundError and FileExistsError do).
+A command module defines its flags at import on its own `FlagValues` (so several commands import
+side by side, in a test or a console script) and a `main(argv=None) -> int` that calls `run`:
+
+  FLAGS = cli.new_flags()
+  flags.DEFINE_string('workdir', None, 'Training workdir.', flag_values=FLAGS, required=True)
+
+  def main(argv=None):
+    return cli.run(FLAGS, argv, lambda f: library_function(f.workdir))
+
+`run` parses the argument list (the arguments alone, as argparse takes them; sys.argv[1:] when
+None): a bad or missing flag
+or a positional argument is one `error: ...` line and exit status 2; an expected problem with the
+user's files or values (USER_ERRORS) is one `error: ...` line and status 1, never a traceback.
+Old spellings stay accepted through `deprecated_alias`, with a one-line notice. The same option
+means the same everywhere: --workdir, --out, --tta, --overwrite, --checkpoint.
 """
 
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from absl import flags
+from absl import logging
 
 from agmr_jax import logs
 from input_pipeline.errors import DataError
-
-T = TypeVar('T')
 
 # Problems a user can fix (bad or missing files, existing outputs, bad flag values).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError, FileNotFoundError, FileExistsError, ValueError, KeyError)
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
-def run(argv: Sequence[str], command: Callable[[Any], T],
-        errors: tuple[type[BaseException], ...] = USER_ERRORS) -> T:
-  """Returns command(flags.FLAGS); exits 2 on positional arguments and 1 on one of `errors`."""
-  if len(argv) > 1:
-    print(f'error: unexpected arguments {list(argv[1:])}', file=sys.stderr)
-    sys.exit(2)
-  logs.quiet_libraries()
+
+def new_flags() -> flags.FlagValues:
+  """A command's own flag registry (`--help` / `-h` print it)."""
+  return flags.FlagValues()
+
+
+def deprecated_alias(flag_values: flags.FlagValues, old: str, new: str) -> None:
+  """Accepts --old as a deprecated spelling of --new (same type; a notice names the new one)."""
+  target = flag_values[new]
+  flags.DEFINE_flag(flags.Flag(target.parser, target.serializer, old, None,
+                               f'Deprecated spelling of --{new}.', boolean=target.boolean),
+                    flag_values)
+  flag_values.__dict__.setdefault('_deprecated', {})[old] = new
+
+
+def require(flag_values: flags.FlagValues, *names: str) -> None:
+  """Flags that must be given, checked after deprecated spellings are applied (usage error)."""
+  flag_values.__dict__['_required'] = (*flag_values.__dict__.get('_required', ()), *names)
+
+
+def _apply_aliases(flag_values: flags.FlagValues) -> None:
+  for old, new in flag_values.__dict__.get('_deprecated', {}).items():
+    if flag_values[old].present:
+      print(f'note: --{old} is deprecated; use --{new}', file=sys.stderr)
+      flag_values[new].value = flag_values[old].value
+      flag_values[new].present = 1
+
+
+def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *,
+          passthrough: bool = False) -> list[str]:
+  """Parses argv into flag_values; usage errors exit 2 with one line.
+
+  With `passthrough`, unknown `--flag=value` arguments are returned instead of refused (the
+  sweep's --config.field=value overrides); otherwise [] is returned.
+  """
+  prog = pathlib.Path(sys.argv[0]).name if sys.argv and sys.argv[0] else 'agmr'
+  argv = [prog, *(sys.argv[1:] if argv is None else argv)]
+  if '--help' in argv[1:] or '-h' in argv[1:]:
+    print(f'usage: {prog} [flags]\n{flag_values.get_help()}')
+    sys.exit(EXIT_OK)
+  if flag_values.is_parsed():
+    for name in list(flag_values):
+      flag_values[name].unparse()  # defaults again: a second call sees only its own arguments
   try:
-    return command(flags.FLAGS)
+    rest = flag_values(argv, known_only=passthrough)
+  except flags.Error as e:
+    print(f'error: {e}\n(see {prog} --help)', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  extra = [a for a in rest[1:] if passthrough and a.startswith('--')]
+  if len(rest) > 1 + len(extra):
+    print(f'error: unexpected arguments {[a for a in rest[1:] if a not in extra]}',
+          file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  _apply_aliases(flag_values)
+  missing = [f'--{n}' for n in flag_values.__dict__.get('_required', ())
+             if flag_values[n].value is None]
+  if missing:
+    print(f'error: {", ".join(missing)} must be given\n(see {prog} --help)', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  return extra
+
+
+def setup_logging() -> None:
+  """absl's log format at INFO, library chatter quietened (what app.run would set up)."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl's global flags.
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  logs.quiet_libraries()
+
+
+def run(flag_values: flags.FlagValues, argv: Sequence[str] | None, command: Callable[..., Any],
+        errors: tuple[type[BaseException], ...] = USER_ERRORS, *,
+        passthrough: bool = False) -> int:
+  """Parses argv and runs command(flag_values) (with `passthrough`: command(flag_values,
+  extra_args)); returns the command's int status or 0, or exits 1 or 2 with one line."""
+  extra = parse(flag_values, argv, passthrough=passthrough)
+  setup_logging()
+  try:
+    status = command(flag_values, extra) if passthrough else command(flag_values)
   except errors as e:
     print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    sys.exit(EXIT_ERROR)
+  return status if isinstance(status, int) else EXIT_OK
+
+
+def entry(main: Callable[[Sequence[str] | None], int]) -> None:
+  """`if __name__ == '__main__': cli.entry(main)`: exits with main's status."""
+  sys.exit(main())

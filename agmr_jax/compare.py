@@ -1,207 +1,62 @@
-r"""The papers' model comparison table with paired significance tests.
+r"""The papers' comparison table with paired Wilcoxon tests (evaluation/compare.py says how).
 
-  python -m agmr_jax.compare --runs runs/agmr runs/dunet runs/unet --reference runs/agmr \
-      [--split test] [--names AGMR-Net D-UNet U-Net] [--out results/table4]
-
-A run is a training workdir evaluated by agmr_jax.evaluate (its `eval/{split}/cases.csv`), or a
-cross-validation root whose `fold*/eval/{split}/cases.csv` are pooled (every patient tested once).
-`--split` is the name of the folder under eval/ ('test', 'test-tta', ...). All runs must hold the
-same case ids; otherwise the command stops and names the run and the differing cases.
-
-Columns, as AGMR-Net's Tables 3-4: DSC, DSC (global), recall, precision, ASD and HD95 (mm), each
-per-case mean ± std (global DSC pools voxels over cases), and for every per-case metric the
-two-sided p-value of the paired Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences
-dropped: 'wilcox') of the run against the reference over the matched cases; AGMR-Net's Table 4
-reports this p-value on DSC. Distances are paired over the cases where both runs have them (no
-empty mask). Identical values in every pair give p = 1 (no evidence of a difference). Table 4's
-differences "Ours - X" appear as ΔASD and ΔHD95 = reference mean - run mean.
+  agmr-compare --runs runs/agmr,runs/dunet,runs/unet --reference runs/agmr \
+      [--split test] [--names AGMR-Net,D-UNet,U-Net] [--out results/table4] [--overwrite]
+  python -m agmr_jax.compare ...   (the same command; `--runs A B C` is still accepted)
 
 Prints the markdown table; with --out PREFIX also writes PREFIX.md, PREFIX.csv and
-PREFIX_dsc_boxplot.png (refusing to replace them without --overwrite).
+PREFIX_dsc_boxplot.png (never replacing them without --overwrite).
 """
 
-import argparse
-import csv
-import math
-import pathlib
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-from scipy import stats
+from absl import flags
 
-from agmr_jax import evaluate
-from agmr_jax import metrics
-from input_pipeline.errors import DataError
+from agmr_jax import cli
 
-# (key in the per-case rows, column title); global DSC has no per-case values.
-TABLE_METRICS = (('dsc', 'DSC'), ('global_dsc', 'DSC (global)'), ('recall', 'Recall'),
-                 ('precision', 'Precision'), ('asd', 'ASD (mm)'), ('hd95', 'HD95 (mm)'))
-PAIRED = ('dsc', 'recall', 'precision', 'asd', 'hd95')
+FLAGS = cli.new_flags()
+flags.DEFINE_list('runs', None, 'Evaluated run folders (or cross-validation roots), comma-separated.',
+                  flag_values=FLAGS, required=True)
+flags.DEFINE_string('reference', None, 'The run the others are tested against.',
+                    flag_values=FLAGS, required=True)
+flags.DEFINE_string('split', 'test', 'Evaluation name under eval/.', flag_values=FLAGS)
+flags.DEFINE_list('names', None, 'Display names, in the order of --runs.', flag_values=FLAGS)
+flags.DEFINE_string('out', None, 'Write OUT.md, OUT.csv and OUT_dsc_boxplot.png.',
+                    flag_values=FLAGS)
+flags.DEFINE_bool('overwrite', False, 'Replace existing output files.', flag_values=FLAGS)
 
-
-def load_run_cases(run, split: str = 'test') -> dict[str, dict]:
-  """{case_id: row} of a run's evaluation, or of all folds of a cross-validation root."""
-  run = pathlib.Path(run)
-  direct = run / 'eval' / split
-  if (direct / 'cases.csv').exists():
-    rows = evaluate.read_cases(direct)
-  else:
-    fold_dirs = sorted(p.parent for p in run.glob(f'fold*/eval/{split}/cases.csv'))
-    if not fold_dirs:
-      raise FileNotFoundError(f'{direct / "cases.csv"}: {run} has no evaluation named {split!r} '
-                              f'(python -m agmr_jax.evaluate --workdir {run})')
-    rows = [r for d in fold_dirs for r in evaluate.read_cases(d)]
-  by_id = {}
-  for row in rows:
-    if row['case_id'] in by_id:
-      raise DataError(run, f'case {row["case_id"]} appears twice in its evaluation(s)')
-    by_id[row['case_id']] = row
-  return by_id
+_LISTS = ('--runs', '--names')
 
 
-def check_same_cases(tables: dict[str, dict[str, dict]], reference: str) -> list[str]:
-  """The reference's case ids (sorted); ValueError naming any run whose ids differ."""
-  ids = set(tables[reference])
-  problems = []
-  for name, table in tables.items():
-    missing, extra = sorted(ids - set(table)), sorted(set(table) - ids)
-    if missing or extra:
-      problems.append(f'{name}: lacks {missing[:5]}{" ..." if len(missing) > 5 else ""}, '
-                      f'has extra {extra[:5]}{" ..." if len(extra) > 5 else ""}')
-  if problems:
-    raise ValueError(f'runs differ in their case sets (compared with {reference}): '
-                     + '; '.join(problems))
-  return sorted(ids)
+def join_space_separated(argv: Sequence[str]) -> list[str]:
+  """The argparse spelling `--runs A B C` -> `--runs=A,B,C` (with a deprecation notice)."""
+  out, i = [], 0
+  while i < len(argv):
+    if argv[i] in _LISTS:
+      j = i + 1
+      while j < len(argv) and not argv[j].startswith('-'):
+        j += 1
+      if j - i > 2:
+        print(f'note: {argv[i]} A B is deprecated; use {argv[i]} A,B', file=sys.stderr)
+      out.append(f'{argv[i]}={",".join(argv[i + 1:j])}' if j > i + 1 else argv[i])
+      i = j
+    else:
+      out.append(argv[i])
+      i += 1
+  return out
 
 
-def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, int]:
-  """(two-sided paired Wilcoxon signed-rank p, pairs used) over pairs where both are finite."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  keep = np.isfinite(a) & np.isfinite(b)
-  a, b = a[keep], b[keep]
-  if a.size == 0:
-    return float('nan'), 0
-  if np.all(a == b):
-    return 1.0, int(a.size)
-  return float(stats.wilcoxon(a, b).pvalue), int(a.size)
+def _compare(f) -> None:
+  from agmr_jax.evaluation import compare  # pylint: disable=g-import-not-at-top
+  compare.run(f.runs, f.reference, split=f.split, names=f.names, out=f.out,
+              overwrite=f.overwrite)
 
 
-def compare(tables: dict[str, dict[str, dict]], reference: str) -> list[dict]:
-  """One result per run (reference first): means, stds, p-values vs the reference, deltas."""
-  ids = check_same_cases(tables, reference)
-  ref = tables[reference]
-  results = []
-  for name in [reference] + [n for n in tables if n != reference]:
-    rows = [tables[name][i] for i in ids]
-    summary = metrics.summarize(rows)
-    result = {'run': name, 'reference': name == reference, 'num_cases': len(ids),
-              'global_dsc': summary['global_dsc']}
-    for m in PAIRED:
-      result[f'{m}_mean'] = summary[m]['mean']
-      result[f'{m}_std'] = summary[m]['std']
-      if name != reference:
-        p, n = wilcoxon_p([ref[i][m] for i in ids], [r[m] for r in rows])
-        result[f'{m}_p'], result[f'{m}_pairs'] = p, n
-    results.append(result)
-  for r in results:
-    for m in ('asd', 'hd95'):
-      r[f'delta_{m}'] = results[0][f'{m}_mean'] - r[f'{m}_mean']
-  return results
-
-
-def _p(value: float | None) -> str:
-  if value is None or math.isnan(value):
-    return '—'
-  return f'{value:.2e}' if value < 1e-3 else f'{value:.3f}'
-
-
-def markdown(results: list[dict], split: str) -> str:
-  head = ['Method']
-  for key, title in TABLE_METRICS:
-    head += [title] + (['p'] if key in PAIRED else [])
-  head += ['ΔASD (ref − run)', 'ΔHD95 (ref − run)']
-  lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
-  for r in results:
-    cells = [r['run'] + (' (reference)' if r['reference'] else '')]
-    for key, _ in TABLE_METRICS:
-      if key == 'global_dsc':
-        cells.append(f'{r[key]:.3f}')
-        continue
-      cells.append(metrics.format_mean_std(r[f'{key}_mean'], r[f'{key}_std']))
-      cells.append(_p(r.get(f'{key}_p')))
-    cells += [f"{r['delta_asd']:.3f}", f"{r['delta_hd95']:.3f}"]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  lines += ['', f"{results[0]['num_cases']} matched cases ({split}); p: two-sided paired "
-            'Wilcoxon signed-rank test against the reference; std over cases, ddof 0.']
-  return '\n'.join(lines) + '\n'
-
-
-def _write_outputs(prefix: pathlib.Path, results, tables, split, overwrite: bool) -> None:
-  paths = [prefix.with_name(prefix.name + s) for s in ('.md', '.csv', '_dsc_boxplot.png')]
-  for path in paths:
-    if path.exists() and not overwrite:
-      raise FileExistsError(f'{path}: exists; pass --overwrite to replace it')
-  prefix.parent.mkdir(parents=True, exist_ok=True)
-  tmp = [p.with_name('.' + p.name + '.tmp' + p.suffix) for p in paths]
-  try:
-    tmp[0].write_text(markdown(results, split))
-    fields = list(dict.fromkeys(k for r in results for k in r))
-    with tmp[1].open('w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=fields)
-      writer.writeheader()
-      writer.writerows(results)
-    evaluate.boxplot({n: [r['dsc'] for r in t.values()] for n, t in tables.items()}, tmp[2])
-    for t, p in zip(tmp, paths):
-      t.replace(p)
-  finally:
-    for t in tmp:
-      t.unlink(missing_ok=True)
-
-
-def run(runs: Sequence[str], reference: str, *, split: str = 'test',
-        names: Sequence[str] | None = None, out: str | None = None,
-        overwrite: bool = False) -> list[dict]:
-  """Loads, compares, prints and (with `out`) writes the table; returns the results.
-
-  `names` label the runs in the order given (the reference is prepended when not among them).
-  """
-  runs = list(dict.fromkeys(runs if reference in runs else [reference, *runs]))
-  if names:
-    if len(names) != len(runs):
-      raise ValueError(f'{len(names)} names for {len(runs)} runs')
-    labels = dict(zip(runs, names))
-  else:
-    short = [pathlib.Path(r).name for r in runs]
-    labels = dict(zip(runs, short if len(set(short)) == len(short) else runs))
-  tables = {labels[r]: load_run_cases(r, split) for r in runs}
-  results = compare(tables, labels[reference])
-  print(markdown(results, split))
-  if out:
-    _write_outputs(pathlib.Path(out), results, tables, split, overwrite)
-    print(f'wrote {out}.md, {out}.csv and {out}_dsc_boxplot.png')
-  return results
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog='python -m agmr_jax.compare', description=__doc__.split('\n\n')[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--runs', nargs='+', required=True,
-                      help='evaluated run folders (or cross-validation roots)')
-  parser.add_argument('--reference', required=True, help='the run the others are tested against')
-  parser.add_argument('--split', default='test', help='evaluation name under eval/')
-  parser.add_argument('--names', nargs='+', help='display names, in the order of --runs')
-  parser.add_argument('--out', help='write OUT.md, OUT.csv and OUT_dsc_boxplot.png')
-  parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
-  args = parser.parse_args(argv)
-  try:
-    run(args.runs, args.reference, split=args.split, names=args.names, out=args.out,
-        overwrite=args.overwrite)
-  except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+def main(argv=None) -> int:
+  argv = join_space_separated(sys.argv[1:] if argv is None else argv)
+  return cli.run(FLAGS, argv, _compare)
 
 
 if __name__ == '__main__':
-  main()
+  cli.entry(main)

@@ -1,6 +1,7 @@
-r"""Trains and evaluates one config.
+r"""Trains and evaluates one config (training/train.py: train_and_evaluate).
 
-  python -m agmr_jax.main --config=configs/dunet.py:dataset=synthetic_atlas --workdir=runs/x
+  agmr-train --config=configs/dunet.py:dataset=synthetic_atlas --workdir=runs/x
+  python -m agmr_jax.main ...   (the same command)
 
 A workdir that holds a checkpoint is resumed. Any config field can be overridden with
 --config.field=value (e.g. --config.batch_size=16). SIGTERM (under jax.distributed: a preemption
@@ -11,51 +12,56 @@ notice to any process) saves a checkpoint at the current step and exits with sta
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and results go.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0 for multi-host jax.distributed.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes under jax.distributed.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process under jax.distributed.')
-_DISTRIBUTED = flags.DEFINE_bool(
+from agmr_jax import cli
+from agmr_jax import runtime
+
+FLAGS = cli.new_flags()
+config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
+                                flag_values=FLAGS, lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and results go.', flag_values=FLAGS)
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0 for multi-host jax.distributed.', flag_values=FLAGS)
+flags.DEFINE_integer('num_processes', None, 'Processes under jax.distributed.', flag_values=FLAGS)
+flags.DEFINE_integer('process_id', None, 'This process under jax.distributed.', flag_values=FLAGS)
+flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() with cluster auto-detection (TPU VM '
-    'pods, SLURM, Open MPI) when no coordinator is given.')
-flags.mark_flags_as_required(['config', 'workdir'])
+    'pods, SLURM, Open MPI) when no coordinator is given.', flag_values=FLAGS)
+cli.require(FLAGS, 'config', 'workdir')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from agmr_jax import runtime  # pylint: disable=g-import-not-at-top
-  added = runtime.set_xla_flags(_CONFIG.value.get('deterministic', False))
-  import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA flags can be set first)
+def _start_jax(f) -> None:
+  """XLA flags first (read once, when JAX builds its backends), then jax.distributed."""
+  added = runtime.set_xla_flags(f.config.get('deterministic', False))
+  import jax  # pylint: disable=g-import-not-at-top  (after the XLA flags)
   if added:
     logging.info('deterministic: XLA_FLAGS=%s', os.environ['XLA_FLAGS'])
-  if _DISTRIBUTED.value or _COORDINATOR.value or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  if f.distributed or f.coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                               num_processes=f.num_processes, process_id=f.process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  from agmr_jax import logs  # pylint: disable=g-import-not-at-top
-  from agmr_jax import train  # pylint: disable=g-import-not-at-top
-  logs.quiet_libraries()
-  from input_pipeline.errors import DataError  # pylint: disable=g-import-not-at-top
+
+
+def _train(f) -> None:
+  _start_jax(f)
+  from agmr_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from agmr_jax.training import train  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(f.config, f.workdir)
   except train.Preempted as e:
     logging.warning('%s', e)
     sys.exit(runtime.EXIT_PREEMPTED)
-  except (DataError, train.NonFiniteLossError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  except loop.NonFiniteLossError as e:
+    raise ValueError(str(e)) from e
+
+
+def main(argv=None) -> int:
+  return cli.run(FLAGS, argv, _train)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.entry(main)

@@ -11,7 +11,7 @@ before JAX creates its backends (XLA reads XLA_FLAGS once, when the first backen
   --xla_gpu_autotune_level=0  no timing-based kernel choice, so two compilations of a program pick
       the same kernels (autotuning measures speed, and noise can flip the winner between runs).
 CPU execution is already deterministic at a fixed device count; the flags are accepted and inert.
-Seeds are not set here: everything random derives from config.seed in train.setup.
+Seeds are not set here: everything random derives from config.seed in training/setup.py.
 """
 
 import os

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agmr_jax import inference
-from agmr_jax import predict
 from agmr_jax import sharding as sharding_lib
+from agmr_jax.inference import predict
+from agmr_jax.inference import predictor as inference
 from agmr_jax.models import MODELS
 from input_pipeline import recipes
 

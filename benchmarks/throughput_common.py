@@ -11,11 +11,11 @@ backward and the Adam update. The same count is used for PyTorch's MFU (the
 twins compute the same function).
 """
 
+from collections.abc import Callable
 import dataclasses
 import resource
 import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 

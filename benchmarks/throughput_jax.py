@@ -38,12 +38,13 @@ def _train_runner(model, spec, variables, batch, seed):
   """(lowered step, args, make_runner) for the donated training step."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from agmr_jax import objectives  # pylint: disable=g-import-not-at-top
-  from agmr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from agmr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  from agmr_jax.training import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   objective = objectives.make_objective(spec.objective, **spec.objective_kwargs)
   step = jax.jit(train_step_lib.make_train_step(model, objective), donate_argnums=0)
-  state = train_step_lib.TrainState.create(variables=jax.device_put(variables),
-                                           tx=optax.adam(1e-3))
+  state = state_lib.TrainState.create(variables=jax.device_put(variables), tx=optax.adam(1e-3))
   rng = jax.random.key(seed)
   lowered = step.lower(state, batch, rng)
 
@@ -59,19 +60,21 @@ def _train_runner(model, spec, variables, batch, seed):
 
 def _infer_runner(model, variables, batch):
   import jax  # pylint: disable=g-import-not-at-top
-  from agmr_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+
+  from agmr_jax.inference import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
   variables = jax.device_put(variables)
-  lowered = jax.jit(train_step_lib.make_predict_step(model)).lower(variables, batch['image'])
+  lowered = jax.jit(predictor_lib.make_predict_step(model)).lower(variables, batch['image'])
   return (lowered, lambda compiled: lambda: compiled(variables, batch['image']),
           lambda out: float(out.mean()))
 
 
 def run(cfg: dict) -> dict:
   """Times one (network, precision, batch, mode) configuration; returns a result record."""
+  import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import flax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from agmr_jax.models import MODELS  # pylint: disable=g-import-not-at-top
   spec = common.NETWORKS[cfg['network']]
   device = jax.devices()[0]

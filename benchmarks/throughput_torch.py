@@ -28,11 +28,12 @@ def _device_and_name():
 def _build(cfg: dict, device):
   """(twin on device, image tensor, mask tensor) for the configuration."""
   os.environ['JAX_PLATFORMS'] = 'cpu'
+  import torch  # pylint: disable=g-import-not-at-top
+
   from agmr_jax.models import MODELS  # pylint: disable=g-import-not-at-top
   from benchmarks.torch_twins import TWINS  # pylint: disable=g-import-not-at-top
   from benchmarks.torch_twins import layers  # pylint: disable=g-import-not-at-top
   from benchmarks.torch_twins import transfer  # pylint: disable=g-import-not-at-top
-  import torch  # pylint: disable=g-import-not-at-top
   spec = common.NETWORKS[cfg['network']]
   flax_model = MODELS[cfg['network']](**spec.model_kwargs)
   variables = common.synthetic_variables(flax_model, (1, *spec.input_shape), seed=cfg['seed'])
@@ -59,6 +60,7 @@ def _predict(logits):
 
 def _train_step(cfg, twin, image, mask, autocast):
   import torch  # pylint: disable=g-import-not-at-top
+
   from benchmarks.torch_twins import objectives  # pylint: disable=g-import-not-at-top
   spec = common.NETWORKS[cfg['network']]
   objective = objectives.make_objective(spec.objective, **spec.objective_kwargs)

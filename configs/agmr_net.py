@@ -8,7 +8,7 @@ r"""AGMR-Net (Du, Ma, Song) on ATLAS 2.5D slices, and every ablation row of its 
 
 Paper settings (Sec. 4): 192x192x4 input (slices z-2..z+1, recipe 'agmr_2p5d'), Adam 1e-3 with
 exponential decay 0.96 per epoch, 150 epochs, no augmentation; loss focal - log Dice + Sobel +
-0.15 x the 5 CPA BCE terms (objectives_agmr.py). The paper gives no batch size: 8, D-UNet's.
+0.15 x the 5 CPA BCE terms (agmr_jax/objectives/agmr.py). The paper gives no batch size: 8, D-UNet's.
 
 Variant keys besides the common ones (tiny, demo, dataset, recipe, fold, bf16, seed):
   cpa=False                 no attention after the encoder levels (same as attention=none)
@@ -117,3 +117,10 @@ def get_config(arg: str | None = None):
     # why each demo setting.
     common.apply_atlas_demo(c)
   return c
+
+
+def get_sweep(arg: str | None = None):
+  """Every ablation row of the paper's Tables 5-10 (`agmr-sweep --config configs/agmr_net.py[:variant]`
+  runs them all and tabulates them); the variant (e.g. `tiny`, `demo`) applies to every row."""
+  del arg
+  return [{'row': row} for row in ABLATIONS]

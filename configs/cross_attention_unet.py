@@ -106,3 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.model_kwargs.features = (8, 16, 32, 64, 128, 256)
   return c
+
+
+def get_sweep(arg: str | None = None):
+  """The thesis's ablation (Figs. 8-9, Table 2): every `ablation=` row under the variant given
+  (e.g. `ct` for the CT rows); `agmr-sweep` runs them all and tabulates them."""
+  del arg
+  return [{'ablation': name} for name in ABLATIONS]

@@ -123,3 +123,10 @@ def get_config(arg: str | None = None):
     widths = (16, 32, 64, 128, 256)
   _model(c, v, widths)
   return c
+
+
+def get_sweep(arg: str | None = None):
+  """Every ablation row of the paper's Tables 3-6 (`agmr-sweep --config configs/mdanet.py[:variant]`
+  runs them all and tabulates them); the variant (e.g. `tiny`, `demo`) applies to every row."""
+  del arg
+  return [{'row': row} for row in ABLATIONS]

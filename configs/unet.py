@@ -11,9 +11,9 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(arg: str | None = None):
-  """5-fold cross-validation x 3 seeds (15 runs; `python -m launch.sweep`); tiny: 2 folds x 2.
+  """5-fold cross-validation x 3 seeds (15 runs; `agmr-sweep`); tiny: 2 folds x 2.
 
-  Each fold k tests on fold k and selects the checkpoint on fold k + 1, as the `fold=k` variant.
+  Each point is the `fold=k` variant: test fold k, checkpoint selected on fold k + 1.
   """
   num_folds = get_config(arg).data.num_folds
   tiny = 'tiny' in [item.partition('=')[0] for item in (arg or '').split(',')]
@@ -21,5 +21,4 @@ def get_sweep(arg: str | None = None):
     folds, seeds = range(num_folds - 2, num_folds), range(2)
   else:
     folds, seeds = range(num_folds), range(3)
-  return [{'data.test_fold': k, 'data.val_fold': (k + 1) % num_folds, 'seed': s}
-          for k in folds for s in seeds]
+  return [{'fold': k, 'seed': s} for k in folds for s in seeds]

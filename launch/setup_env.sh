@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs the pinned requirements into it when they changed.
+# Creates .venv (if missing), installs the pinned requirements into it when they changed, and
+# installs this project itself (editable, no dependencies: the pins above are the dependencies),
+# so both `python -m agmr_jax.main` and the console scripts (agmr-train, ...) work.
 # Sourced by demo.sh and test.sh; safe to run repeatedly (a stamp file records what is installed).
 # Extra requirement files to install can be passed as arguments.
 set -euo pipefail
@@ -23,3 +25,10 @@ for req in "$root/requirements.txt" "$@"; do
     echo "$want" > "$stamp"
   fi
 done
+stamp="$root/.venv/.installed-project"
+want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "Installing agmr_jax itself into .venv (editable)"
+  "$root/.venv/bin/python" -m pip install -q --no-deps -e "$root"
+  echo "$want" > "$stamp"
+fi

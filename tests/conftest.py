@@ -5,7 +5,6 @@ import os
 # Before jax initialises: the sharding tests compare 1 and 8 devices in one process.
 os.environ.setdefault('JAX_NUM_CPU_DEVICES', '8')
 
-import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pathlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 from agmr_jax import objectives
-from agmr_jax import objectives_agmr
-from agmr_jax import reporting
-from agmr_jax import train
+from agmr_jax import runs
 from agmr_jax.models import MODELS
 from agmr_jax.models import cff as cff_lib
 from agmr_jax.models import cpa as cpa_lib
@@ -23,6 +21,8 @@ from agmr_jax.models import mdu as mdu_lib
 from agmr_jax.models.agmr_net import MDUUpsample
 from agmr_jax.models.mdu import MDU
 from agmr_jax.models.util import count_params
+from agmr_jax.objectives import agmr as objectives_agmr
+from agmr_jax.training import train
 from configs import agmr_net as agmr_config
 from tests import conftest
 
@@ -405,7 +405,7 @@ def test_few_hundred_steps_lower_the_loss_and_raise_validation_dice(tiny_built, 
                                 'eval_every_steps': 50, 'checkpoint_every_steps': 200,
                                 'final_eval': False, 'optimizer.learning_rate': 3e-3})
   train.train_and_evaluate(config, str(tmp_path))
-  metrics = reporting.read_metrics(tmp_path)
+  metrics = runs.read_metrics(tmp_path)
   rows = [r for r in metrics if 'train/loss' in r]
   dice = [r['val/dice'] for r in metrics if 'val/dice' in r]
   assert [r['step'] for r in rows] == [50, 100, 150, 200] and len(dice) == 4

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from input_pipeline import augment as aug
-from input_pipeline.augment import AUGMENT_PRESETS, Augment
+from input_pipeline.augment import AUGMENT_PRESETS
+from input_pipeline.augment import Augment
 from input_pipeline.recipes import lesion_contour
 
 H, W, C = 48, 40, 4

@@ -11,11 +11,12 @@ import pytest
 
 from agmr_jax import objectives
 from agmr_jax import optim
-from agmr_jax import train_step as train_step_lib
+from agmr_jax import state as state_lib
 from agmr_jax.models import MODELS
 from agmr_jax.models import clf_aspp
 from agmr_jax.models import conv_lstm
 from agmr_jax.models.util import count_params
+from agmr_jax.training import train_step as train_step_lib
 from configs import clci_net as clci_config
 
 KEY = jax.random.PRNGKey(0)
@@ -251,7 +252,7 @@ def test_tiny_model_overfits_one_batch_with_soft_dice():
   cfg.learning_rate = 3e-3
   tx = optim.make_optimizer(cfg, steps_per_epoch=10, total_steps=10)
   # numpy-filled variables: jitting model.init would compile every RNG kernel as well.
-  state = train_step_lib.TrainState.create(
+  state = state_lib.TrainState.create(
       variables=_filled(_abstract(model, (1, 32, 32, 1))), tx=tx)
   hh_before = np.asarray(state.params['2_up_1']['2_lstm']['cell']['hh']['kernel'])
   step = jax.jit(train_step_lib.make_train_step(

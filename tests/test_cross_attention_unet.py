@@ -14,12 +14,13 @@ import optax
 import pytest
 
 from agmr_jax import objectives
-from agmr_jax import objectives_thesis
-from agmr_jax import train_step as train_step_lib
+from agmr_jax import state as state_lib
 from agmr_jax.models import MODELS
 from agmr_jax.models.cross_attention import CrossAttentionGate
 from agmr_jax.models.cross_attention_unet import DeepSupervisionHead
 from agmr_jax.models.util import count_params
+from agmr_jax.objectives import thesis as objectives_thesis
+from agmr_jax.training import train_step as train_step_lib
 from configs import cross_attention_unet as config_lib
 from input_pipeline import recipes
 
@@ -298,7 +299,7 @@ def test_train_steps_on_a_fixed_ct_batch_lower_the_loss_through_every_head():
       lambda path, s: _random_param(rng, jax.tree_util.keystr(path), s.shape), abstract['params'])
   batch_stats = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), abstract['batch_stats'])
   tx = optax.adamw(1e-2, weight_decay=config.optimizer.weight_decay)
-  state = train_step_lib.TrainState.create(
+  state = state_lib.TrainState.create(
       variables={'params': params, 'batch_stats': batch_stats}, tx=tx)
   objective = objectives.make_objective(config.loss.name, **config.loss.kwargs.to_dict())
   step = jax.jit(train_step_lib.make_train_step(model, objective))

@@ -1,7 +1,7 @@
 """Cross-validation bookkeeping/aggregation and the comparison table with Wilcoxon p-values.
 
 Training is replaced by a fake that writes what a finished fold leaves behind (config.json and an
-evaluation written by evaluate.write_report), so these tests check the fold configs, skipping,
+evaluation written by report.write_report), so these tests check the fold configs, skipping,
 aggregation arithmetic and the tables without training five networks.
 """
 
@@ -12,10 +12,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from agmr_jax import compare
-from agmr_jax import crossval
-from agmr_jax import evaluate
-from agmr_jax import metrics
+from agmr_jax import compare as compare_command
+from agmr_jax.evaluation import compare
+from agmr_jax.evaluation import crossval
+from agmr_jax.evaluation import metrics
+from agmr_jax.evaluation import report
 from input_pipeline.errors import DataError
 
 SPEC = 'configs/unet.py:tiny'
@@ -33,7 +34,7 @@ def _row(case_id, dsc, precision=0.5, recall=0.5, hd95=10.0, asd=3.0, tp=50, n_p
 def _write_eval(workdir: pathlib.Path, rows, name='test'):
   out = workdir / 'eval' / name
   out.mkdir(parents=True)
-  evaluate.write_report(rows, out, workdir.name)
+  report.write_report(rows, out, workdir.name)
 
 
 def _fold_rows(k: int):
@@ -53,7 +54,7 @@ class FakeTrain:
 
   def __call__(self, config, workdir):
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
     self.calls.append((config.data.test_fold, config.data.val_fold, config.num_train_steps))
     if self.evaluate_folds:
@@ -146,14 +147,17 @@ def test_compare_table_and_wilcoxon_hand_values(three_runs, tmp_path, capsys):
 
 
 def test_compare_refuses_different_case_sets(three_runs, tmp_path, capsys):
-  rows = evaluate.read_cases(pathlib.Path(three_runs['C']) / 'eval' / 'test')
+  rows = report.read_cases(pathlib.Path(three_runs['C']) / 'eval' / 'test')
   _write_eval(tmp_path / 'D', [r for r in rows if r['case_id'] != 'p3'] + [_row('p9', 0.5)])
   with pytest.raises(ValueError, match=r"D: lacks \['p3'\], has extra \['p9'\]"):
     compare.run([three_runs['A'], str(tmp_path / 'D')], three_runs['A'])
-  with pytest.raises(SystemExit) as exit_info:
-    compare.main(['--runs', three_runs['A'], str(tmp_path / 'D'), '--reference', three_runs['A']])
-  assert exit_info.value.code == 1
-  assert "error: runs differ in their case sets" in capsys.readouterr().err
+  for runs_args in (['--runs', three_runs['A'], str(tmp_path / 'D')],  # the old spelling
+                    [f"--runs={three_runs['A']},{tmp_path / 'D'}"]):
+    with pytest.raises(SystemExit) as exit_info:
+      compare_command.main([*runs_args, '--reference', three_runs['A']])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        'error: runs differ in their case sets')
   with pytest.raises(FileNotFoundError, match='no evaluation named'):
     compare.load_run_cases(tmp_path / 'A', 'validation')
 
@@ -167,7 +171,7 @@ def test_read_cases_round_trips_metrics_rows(tmp_path):
   empty = np.zeros((4, 4, 4))
   rows.append({'case_id': 'empty', **metrics.case_metrics(empty, empty)})
   _write_eval(tmp_path / 'run', rows)
-  back = evaluate.read_cases(tmp_path / 'run' / 'eval' / 'test')
+  back = report.read_cases(tmp_path / 'run' / 'eval' / 'test')
   for original, parsed in zip(rows, back):
     for key, value in original.items():
       if isinstance(value, float) and np.isnan(value):
@@ -179,4 +183,4 @@ def test_read_cases_round_trips_metrics_rows(tmp_path):
   with pytest.raises(DataError, match='no case rows'):
     (tmp_path / 'bad').mkdir()
     (tmp_path / 'bad' / 'cases.csv').write_text('case_id,dsc\n')
-    evaluate.read_cases(tmp_path / 'bad')
+    report.read_cases(tmp_path / 'bad')

@@ -15,9 +15,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from agmr_jax import evaluate
-from agmr_jax import metrics
-from agmr_jax import train
+from agmr_jax import checkpointing
+from agmr_jax import evaluate as evaluate_command
+from agmr_jax import data
+from agmr_jax.evaluation import evaluate
+from agmr_jax.evaluation import metrics
+from agmr_jax.evaluation import report
+from agmr_jax.inference import loading
+from agmr_jax.training import train
 from configs import mdanet
 from configs import unet
 from input_pipeline import pipeline
@@ -47,11 +52,12 @@ def run(tiny_built, data_dir):
 def test_report_files(run):
   workdir, summary = run
   out = workdir / 'eval' / 'test'
-  rows = evaluate.read_cases(out)
+  rows = report.read_cases(out)
   assert len(rows) == summary['num_cases'] == 2
   assert summary['run']['checkpoint'] == 'best' and summary['run']['step'] == 6
   assert summary['run']['recipe']['name'] == 'tiny_2p5d'
-  assert evaluate.run_recipe(None, workdir).name == 'tiny_2p5d'  # predict reads it back
+  assert data.run_recipe(None, workdir).name == 'tiny_2p5d'  # predict reads recipe.json back
+  assert json.loads((workdir / 'recipe.json').read_text()) == summary['run']['recipe']
   assert summary['dsc']['mean'] == pytest.approx(np.mean([r['dsc'] for r in rows]), abs=1e-12)
   assert summary['global_dsc'] == pytest.approx(metrics.global_dsc_from_rows(rows), abs=1e-12)
   text = (out / 'summary.md').read_text()
@@ -65,7 +71,7 @@ def test_report_files(run):
 def test_rows_agree_with_the_written_masks(run, tiny_raw):
   """Each CSV row is what metrics.py gives for the written prediction and the source truth."""
   workdir, _ = run
-  for row in evaluate.read_cases(workdir / 'eval' / 'test'):
+  for row in report.read_cases(workdir / 'eval' / 'test'):
     pred = nib.load(workdir / 'eval' / 'test' / 'predictions' / f"{row['case_id']}.nii.gz")
     truth = nib.load(tiny_raw / 'labelsTr' / f"{row['case_id']}.nii.gz")
     again = metrics.case_metrics(np.asarray(pred.dataobj), np.asarray(truth.dataobj),
@@ -87,13 +93,13 @@ def test_checkpoint_choice(run):
   workdir, _ = run
   result = evaluate.evaluate_run(workdir, checkpoint='latest', write_predictions=False)
   assert result['out_dir'].name == 'test-latest' and result['step'] == 6
-  best = evaluate.read_cases(workdir / 'eval' / 'test')
+  best = report.read_cases(workdir / 'eval' / 'test')
   # The tiny run validates once, at its last step: best and latest are the same state.
   assert [r['dsc'] for r in result['rows']] == [r['dsc'] for r in best]
   with pytest.raises(FileNotFoundError, match=r'no checkpoint at step 99 \(kept: \[.*6\]\)'):
     evaluate.evaluate_run(workdir, checkpoint='99')
   with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
-    evaluate.parse_checkpoint('newest')
+    checkpointing.parse_checkpoint('newest')
   assert not (workdir / 'eval' / 'test-99').exists()
 
 
@@ -105,16 +111,16 @@ def test_bad_truth_file_names_it_and_writes_nothing(run, tiny_built, tmp_path, m
   workdir, _ = run
   dataset = pipeline.SliceDataset(tiny_built)
   dataset.meta = copy.deepcopy(dataset.meta)
-  case_id = evaluate.read_cases(workdir / 'eval' / 'test')[1]['case_id']
+  case_id = report.read_cases(workdir / 'eval' / 'test')[1]['case_id']
   bad = tmp_path / f'{case_id}.nii.gz'
   if problem == 'unreadable':
     bad.write_bytes(b'\x1f\x8b not really a gzip stream')
   elif problem == 'four_d':
     nib.save(nib.Nifti1Image(np.zeros((40, 36, 12, 2), np.uint8), np.eye(4)), bad)
   dataset.meta['cases'][case_id]['masks'] = [str(bad)]
-  monkeypatch.setattr(train, 'prepare_data', lambda config: dataset)
+  monkeypatch.setattr(data, 'prepare_data', lambda config: dataset)
   with pytest.raises(DataError, match=re.escape(str(bad))):
-    evaluate.evaluate_run(workdir, flip_tta=True, overwrite=False)
+    evaluate.evaluate_run(workdir, tta=True, overwrite=False)
   assert not (workdir / 'eval' / 'test-tta').exists()
   assert not [p for p in (workdir / 'eval').iterdir() if p.name.startswith('.')]
 
@@ -139,12 +145,28 @@ def test_missing_or_untrained_run_is_named(tmp_path):
 
 
 def test_build_model_is_train_build_model_with_the_recipes_groups():
-  """predict/evaluate build the network through train.build_model: the recipe's groups reach
-  MDANet as they did in training."""
+  """Training, evaluation and prediction build the network through loading.build_model: the
+  recipe's groups reach MDANet."""
   config = mdanet.get_config('tiny,dataset=isles2022')
-  model = evaluate.build_model(config, recipes.RECIPES['mdanet_isles2022'])
+  model = loading.build_model(config, recipes.RECIPES['mdanet_isles2022'])
   assert type(model).__name__ == 'MDANet' and model.groups == (1, 1)
   assert model.features == tuple(config.model_kwargs.features)
-  assert evaluate.build_model(config, recipes.RECIPES['mdanet_isles2018']).groups == (2, 2)
-  assert not hasattr(evaluate.build_model(unet.get_config('tiny'),
+  assert loading.build_model(config, recipes.RECIPES['mdanet_isles2018']).groups == (2, 2)
+  assert not hasattr(loading.build_model(unet.get_config('tiny'),
                                           recipes.RECIPES['mdanet_isles2018']), 'groups')
+
+
+def test_main_evaluates_a_checkpoint_into_its_own_folder(run, capsys):
+  """agmr-evaluate's main(argv): the latest checkpoint with the old --flip_tta spelling."""
+  workdir, _ = run
+  argv = [f'--workdir={workdir}', '--checkpoint=latest', '--flip_tta', '--nowrite_predictions']
+  assert evaluate_command.main(argv) == 0
+  out = capsys.readouterr()
+  assert 'note: --flip_tta is deprecated; use --tta' in out.err
+  assert f'wrote {workdir / "eval" / "test-tta-latest"}' in out.out
+  rows = report.read_cases(workdir / 'eval' / 'test-tta-latest')
+  assert len(rows) == 2 and not (workdir / 'eval' / 'test-tta-latest' / 'predictions').exists()
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate_command.main(argv)
+  assert exit_info.value.code == 1
+  assert 'exists; pass --overwrite' in capsys.readouterr().err

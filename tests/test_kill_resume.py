@@ -192,8 +192,8 @@ def test_config_model_gradient_has_no_select_and_scatter(name):
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from agmr_jax import cli  # pylint: disable=g-import-not-at-top
   from agmr_jax import main  # pylint: disable=g-import-not-at-top
   if os.environ.get(HOLD_COMMIT_ENV):
     _hold_checkpoint_commit(pathlib.Path(os.environ[HOLD_COMMIT_ENV]))
-  app.run(main.main)
+  cli.entry(main.main)

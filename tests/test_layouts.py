@@ -7,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from input_pipeline import layouts, nifti
+from input_pipeline import layouts
+from input_pipeline import nifti
 from input_pipeline.errors import DataError
 
 SHAPE = (4, 5, 3)

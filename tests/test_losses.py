@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agmr_jax import losses
+from agmr_jax.objectives import losses
 
 LOG3 = math.log(3.0)  # logit whose sigmoid is 0.75
 # One 2x2 example with a single lesion pixel, NHWC.

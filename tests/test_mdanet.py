@@ -7,11 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from agmr_jax import losses
 from agmr_jax import objectives
-from agmr_jax import objectives_mdanet
-from agmr_jax import train
-from agmr_jax import train_step as train_step_lib
+from agmr_jax import state as state_lib
 from agmr_jax.models import MODELS
 from agmr_jax.models import layers
 from agmr_jax.models import util
@@ -21,7 +18,13 @@ from agmr_jax.models.gcfb import ChannelGCFB
 from agmr_jax.models.gcfb import GraphConv
 from agmr_jax.models.gcfb import SpaceGCFB
 from agmr_jax.models.msc import MSC
+from agmr_jax.objectives import losses
+from agmr_jax.objectives import mdanet as objectives_mdanet
+from agmr_jax.inference import loading
+from agmr_jax.training import train_step as train_step_lib
 from configs import mdanet as mdanet_config
+from input_pipeline import recipes
+
 
 def normal(seed, shape):
   return np.asarray(jax.random.normal(jax.random.key(seed), shape), np.float32)
@@ -143,19 +146,15 @@ def test_paper_size_parameters_and_flops():
   assert abs(flops / 2 - 11.22e9) / 11.22e9 < 0.05
 
 
-class _Dataset:
-  """What train.build_model reads of a dataset: the recipe's groups (DWI vs ADC)."""
-  meta = {'recipe': {'groups': [1, 1]}}
-
-
 @pytest.fixture(scope='module')
 def tiny():
   """The tiny ISLES 2022 config's MDANet, at three levels to keep compilation short."""
   config = mdanet_config.get_config('tiny,dataset=isles2022')
   config.model_kwargs.features = (4, 8, 16)
-  model = train.build_model(config, _Dataset())
+  model = loading.build_model(config, recipes.RECIPES['mdanet_isles2022'])  # groups DWI | ADC
+  assert model.groups == (1, 1)
   tx = optax.adam(1e-3)
-  state = jax.jit(train_step_lib.make_init(model, (2, 16, 16, 2), tx))(jax.random.key(0))
+  state = jax.jit(state_lib.make_init(model, (2, 16, 16, 2), tx))(jax.random.key(0))
   return config, model, state
 
 

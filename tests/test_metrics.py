@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from agmr_jax import metrics
+from agmr_jax.evaluation import metrics
 
 SPACING = (0.9, 1.1, 3.0)
 

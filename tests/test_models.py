@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from agmr_jax.models import MODELS, layers
+from agmr_jax.models import MODELS
 from agmr_jax.models import dunet as dunet_lib
+from agmr_jax.models import layers
 from agmr_jax.models.util import count_params
 
 KEY = jax.random.PRNGKey(0)
@@ -180,8 +181,8 @@ def test_factories_swap_fusion_upsample_and_add_stage_attention():
     variables = _abstract_variables(model, (1, 192, 192, 4))
     names = list(variables['params'])
     assert names.index('1_down_2_attn') < names.index('1_down_2_fuse') < names.index('1_down_3')
-    out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 192, 192, 4)), train=False),
-                         variables)
+    out = jax.eval_shape(functools.partial(model.apply, train=False), variables,
+                         jnp.zeros((1, 192, 192, 4)))
     assert out['logits'].shape == (1, 192, 192, 1)
     assert len(out['encoder_aux']) == 5
 

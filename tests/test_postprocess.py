@@ -5,11 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from agmr_jax import evaluate
-from agmr_jax import metrics
-from agmr_jax import postprocess
-from agmr_jax.postprocess import PostProcess
-from tests.test_evaluate import run  # pylint: disable=unused-import  (its trained-run fixture)
+from agmr_jax import data
+from agmr_jax import runs
+from agmr_jax.evaluation import evaluate
+from agmr_jax.evaluation import metrics
+from agmr_jax.evaluation import report
+from agmr_jax.evaluation import tune
+from agmr_jax.inference import loading
+from agmr_jax.inference import postprocess
+from agmr_jax.inference.postprocess import PostProcess
+from tests import test_evaluate
+
+run = test_evaluate.run  # The trained-run fixture, shared.
 
 
 def _two_blobs() -> np.ndarray:
@@ -54,7 +61,7 @@ def test_tally_removes_a_stray_voxel_of_an_empty_case():
   probs_lesion = lesion * np.float32(0.9)
   probs_empty = np.zeros((8, 8, 8), np.float32)
   probs_empty[6, 6, 6] = 0.9
-  tally = postprocess.Tally(postprocess.grid((0.5,), (0.0, 10.0, 100.0)))
+  tally = tune.Tally(postprocess.grid((0.5,), (0.0, 10.0, 100.0)))
   tally.add(probs_lesion, lesion, (1, 1, 1))
   tally.add(probs_empty, np.zeros_like(lesion), (1, 1, 1))
   assert tally.means() == [0.5, 1.0, 0.5]  # 100 mm3 also removes the 27 mm3 lesion
@@ -64,12 +71,12 @@ def test_tally_removes_a_stray_voxel_of_an_empty_case():
 def test_tally_ties_keep_the_plain_threshold():
   lesion = np.zeros((6, 6, 6), bool)
   lesion[2:4, 2:4, 2:4] = True
-  tally = postprocess.Tally(postprocess.grid())
+  tally = tune.Tally(postprocess.grid())
   tally.add(lesion * np.float32(0.95), lesion, (1, 1, 1))  # every candidate scores 1
   assert tally.best() == (PostProcess(0.5, 0.0), 1.0)
   # Among equal scores away from 0.5, the threshold nearer 0.5 and the smaller volume win.
   probs = lesion * np.float32(0.45)
-  tally = postprocess.Tally(postprocess.grid((0.3, 0.4, 0.5), (0.0, 50.0)))
+  tally = tune.Tally(postprocess.grid((0.3, 0.4, 0.5), (0.0, 50.0)))
   tally.add(probs, lesion, (1, 1, 1))
   assert tally.best() == (PostProcess(0.4, 0.0), 1.0)
 
@@ -101,12 +108,11 @@ def test_training_chooses_on_validation_and_evaluation_applies_it(run):
   assert (raw_run['threshold'], raw_run['min_component_mm3']) == (0.5, 0.0)
   # The chosen candidate applied to the written raw probabilities... is what evaluation wrote.
   post = PostProcess(chosen['threshold'], chosen['min_component_mm3'])
-  rows = evaluate.read_cases(workdir / 'eval' / 'test')
-  config = evaluate.load_config(workdir)
-  from agmr_jax import train  # pylint: disable=g-import-not-at-top
-  dataset = train.prepare_data(config)
+  rows = report.read_cases(workdir / 'eval' / 'test')
+  config = runs.load_config(workdir)
+  dataset = data.prepare_data(config)
   folds = dataset.split_folds(config.data.test_fold, config.data.val_fold)
-  predictor, variables, _ = evaluate.load_predictor(workdir, config, evaluate.recipe_of(dataset))
+  predictor, variables, _ = loading.load_predictor(workdir, config, data.recipe_of(dataset))
   volumes = evaluate.source_volumes(predictor, variables, dataset, folds['test'])
   for row, (case_id, probs, truth, geometry) in zip(rows, volumes):
     assert row['case_id'] == case_id

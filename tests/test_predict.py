@@ -11,19 +11,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from agmr_jax import evaluate
-from agmr_jax import metrics
-from agmr_jax import postprocess
-from agmr_jax import predict
+from agmr_jax import data
+from agmr_jax import predict as predict_command
+from agmr_jax.evaluation import metrics
+from agmr_jax.evaluation import report
+from agmr_jax.inference import postprocess
+from agmr_jax.inference import predict
 from input_pipeline.errors import DataError
-from tests.test_evaluate import REPO, trained_run
+from tests.test_evaluate import REPO
+from tests.test_evaluate import trained_run
 
 
 @pytest.fixture(scope='module')
 def run(tiny_built, data_dir):
   del tiny_built
   workdir, _ = trained_run(data_dir)
-  return workdir, evaluate.read_cases(workdir / 'eval' / 'test')
+  return workdir, report.read_cases(workdir / 'eval' / 'test')
 
 
 def _oblique_copy(src: pathlib.Path, dst: pathlib.Path):
@@ -164,8 +167,8 @@ def test_modality_problems_of_a_two_modality_run_stop_before_any_output(
     run, tmp_path, monkeypatch, problem):
   """A run taking two modalities (its recipe swapped in) given the wrong channels."""
   workdir, _ = run
-  recipe = dataclasses.replace(evaluate.run_recipe(None, workdir), modalities=('DWI', 'ADC'))
-  monkeypatch.setattr(evaluate, 'run_recipe', lambda config, workdir: recipe)
+  recipe = dataclasses.replace(data.run_recipe(None, workdir), modalities=('DWI', 'ADC'))
+  monkeypatch.setattr(data, 'run_recipe', lambda config, workdir: recipe)
   inputs, out = tmp_path / 'in', tmp_path / 'out'
   inputs.mkdir()
   for name in ('p1_0000', 'p1_0001', 'p2_0000', 'p2_0001'):
@@ -226,3 +229,23 @@ def test_cli_reports_an_empty_folder(run, tmp_path):
   assert proc.returncode == 1
   assert f'error: {tmp_path / "empty"}: input folder is empty' in proc.stderr
   assert not (tmp_path / 'out').exists()
+
+
+def test_main_writes_the_masks_of_the_library_call(run, predicted, tmp_path, capsys):
+  """agmr-predict's main(argv), old spelling --output included, gives the library's masks."""
+  workdir, rows = run
+  root, _ = predicted
+  case = rows[0]['case_id']
+  (tmp_path / 'in').mkdir()
+  shutil.copy(root / 'in' / f'{case}_0000.nii.gz', tmp_path / 'in')
+  assert predict_command.main(['-i', str(tmp_path / 'in'), '--output', str(tmp_path / 'out'),
+                               f'--workdir={workdir}']) == 0
+  assert 'note: --output is deprecated; use --out' in capsys.readouterr().err
+  written = nib.load(tmp_path / 'out' / f'{case}.nii.gz')
+  assert np.array_equal(np.asarray(written.dataobj),
+                        np.asarray(nib.load(root / 'out' / f'{case}.nii.gz').dataobj))
+  with pytest.raises(SystemExit) as exit_info:  # Existing outputs: one line, nothing replaced.
+    predict_command.main(['-i', str(tmp_path / 'in'), '-o', str(tmp_path / 'out'),
+                          f'--workdir={workdir}'])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.startswith(f'error: {tmp_path / "out" / case}.nii.gz: exists')

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from input_pipeline import recipes
-from input_pipeline.recipes import RECIPES, Recipe, SliceGeometry
+from input_pipeline.recipes import RECIPES
+from input_pipeline.recipes import Recipe
+from input_pipeline.recipes import SliceGeometry
 
 X, Y, Z = 50, 60, 12  # slices are (H, W) = (Y, X) = (60, 50)
 

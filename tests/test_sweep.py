@@ -7,6 +7,8 @@ import subprocess
 
 import pytest
 
+from agmr_jax import config_spec
+from agmr_jax import sweeps
 from launch import cluster_jobs
 from launch import sweep
 from tests import launch_helpers as helpers
@@ -44,7 +46,7 @@ def test_sweep_runs_every_point_and_tabulates_them(swept):
   with (root / 'sweep.csv').open() as f:
     rows = list(csv.DictReader(f))
   points, mean = rows[:-1], rows[-1]
-  assert {(r['data.test_fold'], r['seed']) for r in points} == {
+  assert {(r['fold'], r['seed']) for r in points} == {
       ('3', '0'), ('3', '1'), ('4', '0'), ('4', '1')}
   assert all(r['status'] == 'finished' and r['step'] == '2' for r in points)
   for r in points:
@@ -53,7 +55,7 @@ def test_sweep_runs_every_point_and_tabulates_them(swept):
   dsc = [float(r['test_dsc']) for r in points]
   assert float(mean['test_dsc']) == pytest.approx(sum(dsc) / len(dsc))
   # The seed took effect: same fold, other seed, other training curve.
-  by_point = {(r['data.test_fold'], r['seed']): float(r['train_loss']) for r in points}
+  by_point = {(r['fold'], r['seed']): float(r['train_loss']) for r in points}
   assert by_point[('3', '0')] != by_point[('3', '1')]
   assert (root / 'sweep.md').read_text().count('| finished |') == 4
 
@@ -64,7 +66,9 @@ def test_saved_point_config_is_the_config_the_run_used(swept):
     record = json.loads((point_dir / 'sweep_point.json').read_text())
     assert record['config'] == json.loads((point_dir / 'config.json').read_text())
     assert record['config']['seed'] == record['values']['seed']
-    assert record['config']['data']['test_fold'] == record['values']['data.test_fold']
+    assert record['config']['data']['test_fold'] == record['values']['fold']
+    assert record['config']['data']['val_fold'] == (record['values']['fold'] + 1) % 5
+    assert point_dir.name == f"fold={record['values']['fold']},seed={record['values']['seed']}"
 
 
 def test_rerun_skips_finished_points(swept, data_dir, capsys):
@@ -80,23 +84,26 @@ def test_rerun_skips_finished_points(swept, data_dir, capsys):
 
 def test_status_tells_finished_partial_and_new_points(swept, tmp_path):
   root, _ = swept
-  points = sweep.make_points('configs/unet.py:tiny', root, {'data.data_dir': 'unused'})
-  assert {sweep.status(p) for p in points} == {'finished'}
-  fresh = sweep.make_points('configs/unet.py:tiny', tmp_path)[0]
-  assert sweep.status(fresh) == 'new'
+  points = sweeps.make_points('configs/unet.py:tiny', root, {'data.data_dir': 'unused'})
+  assert {sweeps.status(p) for p in points} == {'finished'}
+  fresh = sweeps.make_points('configs/unet.py:tiny', tmp_path)[0]
+  assert sweeps.status(fresh) == 'new'
   (fresh.workdir / 'checkpoints' / '3').mkdir(parents=True)
-  assert sweep.status(fresh) == 'partial'
+  assert sweeps.status(fresh) == 'partial'
 
 
-def test_changed_shared_overrides_are_refused(swept, data_dir):
+def test_changed_shared_overrides_are_refused(swept, data_dir, capsys):
   root, _ = swept
-  with pytest.raises(ValueError, match='another config'):
+  with pytest.raises(SystemExit) as exit_info:
     sweep.main(['--config', 'configs/unet.py:tiny', '--workdir_root', str(root),
                 f'--config.data.data_dir={data_dir}', '--run', 'none'])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'another config' in err and len(err.splitlines()) == 1
 
 
 def test_slurm_array_runs_the_unfinished_points(tmp_path):
-  points = sweep.make_points('configs/unet.py:tiny', tmp_path / 'root', {'batch_size': '16'})
+  points = sweeps.make_points('configs/unet.py:tiny', tmp_path / 'root', {'batch_size': '16'})
   script = cluster_jobs.write_slurm_array(points, tmp_path / 'root', python='python', gpus=1)
   text = script.read_text()
   assert '#SBATCH --array=0-3' in text and '#SBATCH --gres=gpu:1' in text
@@ -110,7 +117,7 @@ def test_slurm_array_runs_the_unfinished_points(tmp_path):
 
 
 def test_k8s_job_list_holds_one_job_per_point(tmp_path):
-  points = sweep.make_points('configs/unet.py:tiny', tmp_path / 'root')
+  points = sweeps.make_points('configs/unet.py:tiny', tmp_path / 'root')
   path = cluster_jobs.write_k8s_jobs(points, tmp_path / 'root', image='img', pvc='runs', gpus=1)
   jobs = json.loads(path.read_text())
   assert jobs['kind'] == 'List' and len(jobs['items']) == 4
@@ -122,8 +129,8 @@ def test_k8s_job_list_holds_one_job_per_point(tmp_path):
 
 
 def test_grid_and_point_lists_expand():
-  assert sweep.expand({'a': [1, 2], 'b': ['x']}) == [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}]
-  assert sweep.expand([{'a': 1}]) == [{'a': 1}]
+  assert sweeps.expand({'a': [1, 2], 'b': ['x']}) == [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}]
+  assert sweeps.expand([{'a': 1}]) == [{'a': 1}]
   with pytest.raises(ValueError):
-    sweep.expand({'a': 1})
-  assert sweep.format_value((64, 64)) == '(64,64)' and sweep.format_value(True) == 'true'
+    sweeps.expand({'a': 1})
+  assert config_spec.format_value((64, 64)) == '(64,64)' and config_spec.format_value(True) == 'true'

@@ -97,7 +97,9 @@ def test_jax_worker_imports_only_what_the_gpu_machines_have():
       '      raise ImportError(f"{name} is not on the GPU machines")\n'
       'sys.meta_path.insert(0, Block())\n'
       'from benchmarks import throughput, throughput_jax\n'
-      'from agmr_jax import models, objectives, train_step\n')
+      'from agmr_jax import models, objectives, state\n'
+      'from agmr_jax.inference import predictor\n'
+      'from agmr_jax.training import train_step\n')
   repo = pathlib.Path(__file__).resolve().parents[1]
   proc = subprocess.run([sys.executable, '-c', blocker], cwd=repo, capture_output=True,
                         text=True, env={**os.environ, 'PYTHONPATH': str(repo),

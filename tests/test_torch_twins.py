@@ -26,6 +26,7 @@ from benchmarks.torch_twins import TWINS
 from benchmarks.torch_twins import layers as twin_layers
 from benchmarks.torch_twins import objectives as torch_objectives
 from benchmarks.torch_twins import transfer
+
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 TOL = 1e-4

@@ -3,7 +3,6 @@
 Runs share one persistent compilation cache (conftest), so each network compiles once per session.
 """
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +13,17 @@ import pytest
 
 from agmr_jax import objectives
 from agmr_jax import optim
-from agmr_jax import reporting
+from agmr_jax import runs
 from agmr_jax import sharding as sharding_lib
-from agmr_jax import train
-from agmr_jax import train_step as train_step_lib
+from agmr_jax import state as state_lib
 from agmr_jax.models import MODELS
 from agmr_jax.models import layers
+from agmr_jax.training import loop
+from agmr_jax.training import train
+from agmr_jax.training import train_step as train_step_lib
 from configs import unet
-from tests import conftest
 from input_pipeline import pipeline
+from tests import conftest
 
 
 def tiny_config(data_dir, **overrides):
@@ -54,7 +55,7 @@ def uninterrupted(tiny_built, data_dir, tmp_path_factory):
 
 def test_run_writes_metrics_checkpoints_and_evaluation(uninterrupted, tiny_raw):
   workdir, result = uninterrupted
-  rows = reporting.read_metrics(workdir)
+  rows = runs.read_metrics(workdir)
   assert [r['step'] for r in rows if 'train/loss' in r] == [2, 4, 6]
   assert any('val/dice' in r for r in rows)
   assert (workdir / 'best.json').exists()
@@ -84,7 +85,7 @@ def test_stopped_and_resumed_run_is_bitwise_identical(uninterrupted, data_dir, t
   step, params_b = final_params(tmp_path)
   assert step == 6
   assert_trees_equal(params_a, params_b)
-  steps = [r['step'] for r in reporting.read_metrics(tmp_path) if 'train/loss' in r]
+  steps = [r['step'] for r in runs.read_metrics(tmp_path) if 'train/loss' in r]
   assert steps == [2, 4, 6]
 
 
@@ -92,14 +93,14 @@ def test_resuming_under_another_config_is_refused(data_dir, tmp_path, caplog):
   config = tiny_config(data_dir)
   (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
   changed = tiny_config(data_dir, seed=1, **{'optimizer.learning_rate': 0.5})
-  train.check_resumable(tmp_path, changed)  # no checkpoint yet: a fresh start, nothing to mix
+  runs.check_resumable(tmp_path, changed)  # no checkpoint yet: a fresh start, nothing to mix
   (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
   with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.001 -> 0.5, seed: 0 -> 1"):
-    train.check_resumable(tmp_path, changed)
+    runs.check_resumable(tmp_path, changed)
   # Bookkeeping may change; a longer run resumes with a warning about its schedule.
-  train.check_resumable(tmp_path, tiny_config(data_dir, log_every_steps=1, stop_after_steps=2,
+  runs.check_resumable(tmp_path, tiny_config(data_dir, log_every_steps=1, stop_after_steps=2,
                                               **{'data.data_dir': '/elsewhere'}))
-  train.check_resumable(tmp_path, tiny_config(data_dir, num_train_steps=12))
+  runs.check_resumable(tmp_path, tiny_config(data_dir, num_train_steps=12))
   assert 'num_train_steps 12 (was 6)' in caplog.text
 
 
@@ -129,10 +130,10 @@ def _run_steps(model, objective, batch, mesh, n=2, optimizer='adam'):
   cfg.unlock()
   cfg.name = optimizer
   tx = optim.make_optimizer(cfg, steps_per_epoch=10, total_steps=10)
-  init_fn = train_step_lib.make_init(model, (1, *batch['image'].shape[1:]), tx)
+  init_fn = state_lib.make_init(model, (1, *batch['image'].shape[1:]), tx)
   repl, data = sharding_lib.replicated(mesh), sharding_lib.data_sharded(mesh)
   shardings = jax.tree.map(lambda _: repl, jax.eval_shape(init_fn, jax.random.key(0)))
-  state = train_step_lib.init_state(init_fn, jax.random.key(0), shardings)
+  state = state_lib.init_state(init_fn, jax.random.key(0), shardings)
   step = jax.jit(train_step_lib.make_train_step(model, objective),
                  in_shardings=(shardings, data, repl), out_shardings=(shardings, repl))
   metrics = []
@@ -164,8 +165,8 @@ def test_non_finite_loss_skips_the_update_and_names_the_step(step_parts):
   assert not metrics[0]['finite']
   fresh, _ = _run_steps(model, objective, batch, sharding_lib.make_mesh(1), n=0)
   assert_trees_equal(state.params, fresh.params)
-  with pytest.raises(train.NonFiniteLossError, match='step 7'):
-    train._check_finite([(6, {'finite': True, 'loss': 1.0}), (7, metrics[0])])
+  with pytest.raises(loop.NonFiniteLossError, match='step 7'):
+    loop._check_finite([(6, {'finite': True, 'loss': 1.0}), (7, metrics[0])])
 
 
 def test_bf16_compute_keeps_float32_params(step_parts):
@@ -180,7 +181,7 @@ def test_bn_momentum_replaces_the_models_momentum(step_parts):
   """bn_momentum=M gives running statistics M r + (1 - M) b, b the batch's statistics."""
   model, objective, batch = step_parts
   tx = optim.make_optimizer(unet.get_config('tiny').optimizer, steps_per_epoch=10, total_steps=10)
-  state = jax.jit(train_step_lib.make_init(model, (1, *batch['image'].shape[1:]), tx))(
+  state = jax.jit(state_lib.make_init(model, (1, *batch['image'].shape[1:]), tx))(
       jax.random.key(0))
   stats = {}
   for momentum in (None, 0.9, 0.0):

@@ -13,12 +13,12 @@ Children carry the Flax names ('1_down_l_attn', '0_mdu', '0_deconv3', '0_norm3',
 Outputs {'logits', 'cpa_logits' (B, 5, G, G) float32 with CPA}.
 """
 
-import functools
 from collections.abc import Sequence
+import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from benchmarks.torch_twins import dunet
 from benchmarks.torch_twins import layers

@@ -8,8 +8,8 @@ x: skip (B, C, H, W); g: the coarser decoder feature (B, C_g, H/2, W/2).
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from agmr_jax.models import attention_unet as flax_attention_unet
 from benchmarks.torch_twins import layers

@@ -14,8 +14,8 @@ zero initial state, cell state in float32.
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from benchmarks.torch_twins import layers
 

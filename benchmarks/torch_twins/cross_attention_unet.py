@@ -11,8 +11,8 @@ Outputs {'logits': (B, K, H, W), 'deep_supervision': 5 x (B, K, H, W), coarse to
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from benchmarks.torch_twins import layers
 

@@ -14,11 +14,12 @@ Torch factory contracts, the twins of DUNet's Flax factory fields:
 AGMR-Net's twin reuses this class with its own CFF / MDU / CPA factories.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from agmr_jax.models import dunet as flax_dunet
 from agmr_jax.models import layers as flax_layers

@@ -28,12 +28,14 @@ Factory contracts (the torch side of the Flax factory fields):
 `twin_factory` maps a Flax factory (class or functools.partial) to its twin.
 """
 
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import functools
-from collections.abc import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.01  # torch convention: weight of the new batch (Flax 0.99).

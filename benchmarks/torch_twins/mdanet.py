@@ -18,12 +18,13 @@ bottleneck patches, so, as the Flax model's are fixed at init from the input, th
 built for one input size (`build(..., image_size=)`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from agmr_jax.models import layers as flax_layers
 from agmr_jax.models import mdanet as flax_mdanet

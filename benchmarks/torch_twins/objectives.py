@@ -7,8 +7,9 @@ returned: the JAX objectives' extra metrics (a thresholded Dice) are part of the
 project's train step and stay in the JAX timing (a few elementwise ops).
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
 import functools
-from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -20,8 +20,9 @@ aside) must be filled and every Flax leaf used, else a ValueError lists the
 paths, so a twin that drifts from its Flax model fails loudly.
 """
 
+from collections.abc import Iterator
+from collections.abc import Mapping
 import contextlib
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np

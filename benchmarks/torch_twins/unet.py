@@ -7,7 +7,8 @@ decoder levels of x2 nearest upsample + 2x2 conv + ReLU, concat [skip, up], two
 Children carry the Flax names ('0_down_l', '1_up_i', '2_head') for the transfer.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from agmr_jax import losses
+from agmr_jax.objectives import common
+from agmr_jax.objectives import losses
 from agmr_jax.models.cpa import prior_map
 
 SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], np.float32)
@@ -75,9 +76,6 @@ def agmr_loss(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float =
               smooth: float = 1.0, sobel_weight: float = 1.0, sobel_norm: str = 'l1',
               cpa_weight: float = 0.15, dice_pooling: str = 'example') -> tuple[jax.Array, dict]:
   """Eq. 15 per example, plus each term as a metric."""
-  # Imported here: objectives.py registers this function, so importing it at module level
-  # would be circular.
-  from agmr_jax.objectives import hard_dice  # pylint: disable=g-import-not-at-top
   target = (batch['mask'] > 0).astype(jnp.float32)
   logits = outputs['logits']
   focal = losses.sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma)
@@ -85,7 +83,7 @@ def agmr_loss(outputs: dict, batch: dict, *, alpha: float = 0.48, gamma: float =
                                   pooling=dice_pooling)
   sobel = sobel_loss(logits, target, norm=sobel_norm)
   total = focal + log_dice + sobel_weight * sobel
-  metrics = {'dice': hard_dice(logits, target), 'focal': jnp.mean(focal),
+  metrics = {'dice': common.hard_dice(logits, target), 'focal': jnp.mean(focal),
              'log_dice': jnp.mean(log_dice), 'sobel': jnp.mean(sobel)}
   if 'cpa_logits' in outputs:
     stages = cpa_bce(outputs['cpa_logits'], target)

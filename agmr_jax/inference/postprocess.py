@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from agmr_jax import metrics
+from agmr_jax import runs
 
-FILENAME = 'postprocess.json'
+FILENAME = runs.POSTPROCESS
 THRESHOLDS = (0.3, 0.4, 0.5)
 # Specks only: at the demo's 64x64 a 200 mm3 component is one or two pixels on a few slices, while
 # real lesions start around that size (the synthetic ones at 200 mm3); larger removals would trade
@@ -68,39 +68,6 @@ def remove_small_components(mask: np.ndarray, spacing: Sequence[float],
 def grid(thresholds: Iterable[float] = THRESHOLDS,
          min_volumes: Iterable[float] = MIN_COMPONENT_MM3) -> list[PostProcess]:
   return [PostProcess(float(t), float(m)) for t in thresholds for m in min_volumes]
-
-
-class Tally:
-  """Per-case DSC of every candidate, accumulated one case at a time (volumes are not kept)."""
-
-  def __init__(self, candidates: Sequence[PostProcess]):
-    if not candidates:
-      raise ValueError('no post-processing candidates')
-    self.candidates = list(candidates)
-    self.scores: list[list[float]] = [[] for _ in self.candidates]
-
-  def add(self, probs: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> None:
-    truth = np.asarray(truth, bool)
-    for pp, scores in zip(self.candidates, self.scores):
-      scores.append(metrics.dsc(pp(probs, spacing), truth))
-
-  def means(self) -> list[float]:
-    if not self.scores[0]:
-      raise ValueError('no cases were added')
-    return [float(np.mean(s)) for s in self.scores]
-
-  def best(self) -> tuple[PostProcess, float]:
-    """The candidate with the highest mean DSC. Ties go to the earliest candidate in the order
-    of `_preference`: the plain 0.5 threshold first, then thresholds nearer 0.5, then smaller
-    minimum volumes, so nothing is changed that the validation cases do not ask for."""
-    means = self.means()
-    order = sorted(range(len(self.candidates)), key=lambda i: _preference(self.candidates[i]))
-    i = max(order, key=lambda k: (means[k], -order.index(k)))
-    return self.candidates[i], means[i]
-
-
-def _preference(pp: PostProcess) -> tuple[float, float]:
-  return abs(pp.threshold - 0.5), pp.min_component_mm3
 
 
 def save(workdir: str | pathlib.Path, pp: PostProcess, **info) -> pathlib.Path:

@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from agmr_jax import losses
+from agmr_jax.objectives import common
+from agmr_jax.objectives import losses
 
 DS_WEIGHTS = (0.03, 0.045, 0.05, 0.125, 0.25, 0.5)
 MRI_CLASS_WEIGHTS = (0.3, 0.7)
@@ -65,10 +66,8 @@ def deep_supervision_loss(outputs: dict, head_loss: HeadLoss,
 
 
 def _metrics(outputs: dict, batch: dict, final: jax.Array) -> dict:
-  # Imported here: objectives.py imports this module to register its objectives.
-  from agmr_jax.objectives import hard_dice  # pylint: disable=g-import-not-at-top
   target = (batch['mask'] > 0).astype(jnp.float32)
-  return {'dice': hard_dice(outputs['logits'], target), 'loss_final': jnp.mean(final)}
+  return {'dice': common.hard_dice(outputs['logits'], target), 'loss_final': jnp.mean(final)}
 
 
 def thesis_focal(outputs: dict, batch: dict, *,

@@ -17,7 +17,7 @@ per example (B,), in float32. lambda = 1 in the paper (Table 6 tries 0.25 .. 1).
 import jax
 import jax.numpy as jnp
 
-from agmr_jax import losses
+from agmr_jax.objectives import losses
 
 
 def masked_gap(features: jax.Array, keep: jax.Array) -> jax.Array:

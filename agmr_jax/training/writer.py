@@ -47,13 +47,6 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 class Progress:
   """Steps/s and ETA over the recent window, logged every `every` steps."""
 
@@ -84,15 +77,6 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
   rgb[..., 1] = np.where(truth > 0, 1.0, rgb[..., 1])
   rgb[..., 0] = np.where(pred > 0, 1.0, rgb[..., 0])
   return (rgb * 255).astype(np.uint8)
-
-
-def table(rows: list[dict], columns: list[str], floatfmt: str = '.4f') -> str:
-  """A plain-text (markdown) table of dict rows."""
-  def cell(v):
-    return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v)
-  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
-  lines += ['| ' + ' | '.join(cell(r.get(c, '')) for c in columns) + ' |' for r in rows]
-  return '\n'.join(lines)
 
 
 def log_topology() -> None:

@@ -1,4 +1,4 @@
-"""Slice-wise prediction of whole cases, and validation on reassembled volumes.
+"""Slice-wise prediction of whole cases.
 
 `Predictor` runs a model over a case's (Z, H, W, C) slice stack in fixed-size batches (the last
 one zero-padded, so one compilation serves every case), sharded over the mesh's 'data' axis; every
@@ -6,12 +6,27 @@ process passes the same stack and gets the full result back. Optional flip test-
 averages the probabilities of the image and its left-right mirror.
 """
 
+from collections.abc import Callable
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from agmr_jax import metrics
 from agmr_jax import sharding as sharding_lib
-from agmr_jax.train_step import make_predict_step
+
+
+def make_predict_step(model: nn.Module) -> Callable[[dict, jax.Array], jax.Array]:
+  """predict(variables, images) -> lesion probability (B, H, W) in float32."""
+
+  def predict(variables, images):
+    logits = model.apply(variables, images, train=False)['logits'].astype(jnp.float32)
+    if logits.shape[-1] == 1:
+      return jax.nn.sigmoid(logits[..., 0])
+    # Multi-class heads: every class but background is lesion (e.g. lesion + contour).
+    return 1.0 - jax.nn.softmax(logits, axis=-1)[..., 0]
+
+  return predict
 
 
 class Predictor:
@@ -50,22 +65,3 @@ class Predictor:
       probs = 0.5 * (probs + flipped[:, :, ::-1])
     return probs
 
-
-def validate(predictor: Predictor, variables, cases, *, threshold: float = 0.5):
-  """Per-case 3D Dice on the record grid; returns (rows, overlay sample).
-
-  The sample is the slice with the largest true lesion of the first case that has one, as
-  (image channel, truth, prediction) for TensorBoard.
-  """
-  rows, sample = [], None
-  for case in cases:
-    probs = predictor(variables, case.images)
-    pred = probs >= threshold
-    truth = case.masks > 0
-    rows.append({'case_id': case.case_id, 'dice': metrics.dsc(pred, truth),
-                 'lesion_voxels': int(truth.sum()), 'predicted_voxels': int(pred.sum())})
-    if sample is None and truth.any():
-      z = int(np.argmax(truth.sum(axis=(1, 2))))
-      centre = case.images.shape[-1] // 2
-      sample = (case.images[z, :, :, centre], truth[z], pred[z])
-  return rows, sample
