@@ -54,6 +54,24 @@ def require(flag_values: flags.FlagValues, *names: str) -> None:
   flag_values.__dict__['_required'] = (*flag_values.__dict__.get('_required', ()), *names)
 
 
+def _repeated(flag_values: flags.FlagValues, args: Sequence[str]) -> list[str]:
+  """Single-valued flags given more than once (absl would silently keep the last)."""
+  counts: dict[str, int] = {}
+  aliases = flag_values.__dict__.get('_deprecated', {})
+  for arg in args:
+    if arg == '--':
+      break
+    if not arg.startswith('-') or arg == '-':
+      continue
+    name = arg.lstrip('-').partition('=')[0]
+    if name not in flag_values and name.startswith('no') and name[2:] in flag_values:
+      name = name[2:]
+    if name in flag_values and not isinstance(flag_values[name], flags.MultiFlag):
+      key = aliases.get(flag_values[name].name, flag_values[name].name)
+      counts[key] = counts.get(key, 0) + 1
+  return [f'--{name}' for name, n in counts.items() if n > 1]
+
+
 def _apply_aliases(flag_values: flags.FlagValues) -> None:
   for old, new in flag_values.__dict__.get('_deprecated', {}).items():
     if flag_values[old].present:
@@ -77,6 +95,10 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *,
   if flag_values.is_parsed():
     for name in list(flag_values):
       flag_values[name].unparse()  # defaults again: a second call sees only its own arguments
+  repeated = _repeated(flag_values, argv[1:])
+  if repeated:
+    print(f'error: {", ".join(repeated)} given more than once; give each once', file=sys.stderr)
+    sys.exit(EXIT_USAGE)
   try:
     rest = flag_values(argv, known_only=passthrough)
   except flags.Error as e:

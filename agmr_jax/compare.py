@@ -1,7 +1,8 @@
 r"""The papers' comparison table with paired Wilcoxon tests (evaluation/compare.py says how).
 
   agmr-compare --runs runs/agmr,runs/dunet,runs/unet --reference runs/agmr \
-      [--split test] [--names AGMR-Net,D-UNet,U-Net] [--out results/table4] [--overwrite]
+      [--split test] [--names AGMR-Net,D-UNet,U-Net] [--out results/table4] [--overwrite] \
+      [--metrics dsc,lesion_f1,volume_diff_ml]
   python -m agmr_jax.compare ...   (the same command; `--runs A B C` is still accepted)
 
 Prints the markdown table; with --out PREFIX also writes PREFIX.md, PREFIX.csv and
@@ -25,6 +26,9 @@ flags.DEFINE_list('names', None, 'Display names, in the order of --runs.', flag_
 flags.DEFINE_string('out', None, 'Write OUT.md, OUT.csv and OUT_dsc_boxplot.png.',
                     flag_values=FLAGS)
 flags.DEFINE_bool('overwrite', False, 'Replace existing output files.', flag_values=FLAGS)
+flags.DEFINE_list('metrics', None, 'Per-case metrics to tabulate and test, e.g. '
+                  'dsc,lesion_f1,volume_diff_ml (default: the papers\' columns and the challenge '
+                  'metrics every run has).', flag_values=FLAGS)
 
 _LISTS = ('--runs', '--names')
 
@@ -50,7 +54,7 @@ def join_space_separated(argv: Sequence[str]) -> list[str]:
 def _compare(f) -> None:
   from agmr_jax.evaluation import compare  # pylint: disable=g-import-not-at-top
   compare.run(f.runs, f.reference, split=f.split, names=f.names, out=f.out,
-              overwrite=f.overwrite)
+              overwrite=f.overwrite, metric_names=f.metrics)
 
 
 def main(argv=None) -> int:

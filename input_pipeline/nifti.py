@@ -135,7 +135,7 @@ def load_volume(path: str | os.PathLike, *, kind: str = 'image') -> Volume:
                 spacing=spacing, header=header)
 
 
-def _check_same_grid(path: pathlib.Path, vol: Volume, ref_path: pathlib.Path,
+def check_same_grid(path: pathlib.Path, vol: Volume, ref_path: pathlib.Path,
                      ref: Volume) -> None:
   if vol.shape != ref.shape:
     raise DataError(path, f'shape {vol.shape} does not match shape {ref.shape} '
@@ -186,13 +186,13 @@ def load_case(case, modalities: Sequence[str] | None = None
     if ref is None:
       ref_path, ref = path, vol
     else:
-      _check_same_grid(path, vol, ref_path, ref)
+      check_same_grid(path, vol, ref_path, ref)
     channels.append(vol.data)
   mask = None
   for path in case.masks:
     path = pathlib.Path(path)
     vol = load_volume(path, kind='mask')
-    _check_same_grid(path, vol, ref_path, ref)
+    check_same_grid(path, vol, ref_path, ref)
     part = vol.data > 0.5
     mask = part if mask is None else (mask | part)
   if mask is not None:

@@ -95,3 +95,23 @@ def test_passthrough_hands_unknown_flags_to_the_command():
   cli.run(fv, ['--config=c.py', '--config.batch_size=16', '--config.seed=2'],
           lambda f, extra: seen.append((f.config, extra)), passthrough=True)
   assert seen == [('c.py', ['--config.batch_size=16', '--config.seed=2'])]
+
+
+@pytest.mark.parametrize('argv', [
+    ['--workdir=a', '--workdir', 'b', '--out=o'],
+    ['--workdir=a', '--out=o', '--tta', '--notta'],
+    ['--workdir=a', '--out=o', '--output=p'],  # an old spelling counts as the same option
+])
+def test_a_single_valued_option_given_twice_is_a_usage_error(capsys, argv):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(_command_flags(), argv, _never)
+  assert exit_info.value.code == 2
+  assert 'given more than once' in capsys.readouterr().err.splitlines()[0]
+
+
+def test_repeatable_options_may_repeat():
+  fv = cli.new_flags()
+  flags.DEFINE_multi_string('set', None, 's', flag_values=fv)
+  seen = []
+  cli.run(fv, ['--set', 'a=1', '--set=b=2'], lambda f: seen.append(f.set))
+  assert seen == [['a=1', 'b=2']]

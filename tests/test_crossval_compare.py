@@ -184,3 +184,38 @@ def test_read_cases_round_trips_metrics_rows(tmp_path):
     (tmp_path / 'bad').mkdir()
     (tmp_path / 'bad' / 'cases.csv').write_text('case_id,dsc\n')
     report.read_cases(tmp_path / 'bad')
+
+
+def test_compare_tabulates_the_challenge_metrics_and_any_chosen_metric(tmp_path, capsys):
+  """Lesion F1 of B is below A's in all 4 cases (distinct gaps): p = 2 / 2**4; a metric that a
+  run lacks is refused by name."""
+  for name, f1 in (('A', [1.0, 0.9, 0.8, 0.7]), ('B', [0.9, 0.7, 0.5, 0.3])):
+    rows = [{**_row(f'p{i}', 0.5), 'lesion_f1': v, 'lesion_count_diff': i,
+             'volume_diff_ml': 0.5 * i} for i, v in enumerate(f1)]
+    _write_eval(tmp_path / name, rows)
+  a, b = compare.run([str(tmp_path / 'A'), str(tmp_path / 'B')], str(tmp_path / 'A'))
+  assert b['lesion_f1_p'] == pytest.approx(2 / 16) and b['volume_diff_ml_p'] == 1.0
+  assert b['lesion_f1_mean'] == pytest.approx(0.6)
+  assert '| Lesion F1 | p | Lesion count diff |' in capsys.readouterr().out
+  only = compare.run([str(tmp_path / 'B')], str(tmp_path / 'A'), metric_names=['lesion_f1'])
+  assert only[1]['metrics'] == ['lesion_f1'] and 'dsc_p' not in only[1]
+  (tmp_path / 'C').mkdir()
+  _write_eval(tmp_path / 'C', [_row(f'p{i}', 0.5) for i in range(4)])  # no lesion metrics
+  assert 'lesion_f1' not in compare.run([str(tmp_path / 'C')], str(tmp_path / 'A'))[0]['metrics']
+  with pytest.raises(ValueError, match="metric 'lesion_f1' is missing"):
+    compare.run([str(tmp_path / 'C')], str(tmp_path / 'A'), metric_names=['lesion_f1'])
+  with pytest.raises(ValueError, match="unknown metric 'dice'"):
+    compare.run([str(tmp_path / 'C')], str(tmp_path / 'A'), metric_names=['dice'])
+
+
+def test_crossval_table_gains_the_challenge_columns_when_every_case_has_them(tmp_path):
+  for k, f1 in ((0, [1.0, 0.5]), (1, [0.25, 0.75])):
+    rows = [{**_row(f'c{k}{i}', 0.5), 'lesion_f1': v, 'lesion_count_diff': 1,
+             'volume_diff_ml': 2.0 * k} for i, v in enumerate(f1)]
+    _write_eval(tmp_path / f'fold={k}', rows)
+  result = crossval.aggregate(tmp_path, [0, 1])
+  assert result['columns'][-3:] == ['lesion_f1', 'lesion_count_diff', 'volume_diff_ml']
+  assert [r['lesion_f1'] for r in result['folds']] == [0.75, 0.5]
+  assert result['mean']['lesion_f1'] == pytest.approx(0.625)
+  assert result['mean']['volume_diff_ml'] == pytest.approx(1.0)
+  assert '| Lesion F1 |' in crossval.markdown(result).splitlines()[0]

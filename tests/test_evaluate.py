@@ -8,6 +8,7 @@ import copy
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ import pytest
 
 from agmr_jax import checkpointing
 from agmr_jax import evaluate as evaluate_command
+from agmr_jax import evaluate_folder as evaluate_folder_command
 from agmr_jax import data
+from agmr_jax.evaluation import compare
 from agmr_jax.evaluation import evaluate
 from agmr_jax.evaluation import metrics
 from agmr_jax.evaluation import report
@@ -170,3 +173,70 @@ def test_main_evaluates_a_checkpoint_into_its_own_folder(run, capsys):
     evaluate_command.main(argv)
   assert exit_info.value.code == 1
   assert 'exists; pass --overwrite' in capsys.readouterr().err
+
+
+def _label_folder(tmp_path, tiny_raw, case_ids):
+  gt = tmp_path / 'gt'
+  gt.mkdir()
+  for case_id in case_ids:
+    shutil.copy(tiny_raw / 'labelsTr' / f'{case_id}.nii.gz', gt)
+  return gt
+
+
+def test_evaluate_folder_on_the_runs_predictions_gives_evaluates_table(run, tiny_raw, tmp_path):
+  workdir, _ = run
+  rows = report.read_cases(workdir / 'eval' / 'test')
+  gt = _label_folder(tmp_path, tiny_raw, [r['case_id'] for r in rows])
+  assert evaluate_folder_command.main([
+      f'--pred={workdir / "eval" / "test" / "predictions"}', f'--gt={gt}',
+      f'--out={tmp_path / "report"}']) == 0
+  again = report.read_cases(tmp_path / 'report')
+  assert [r['case_id'] for r in again] == [r['case_id'] for r in rows]
+  for mine, theirs in zip(again, rows):
+    for key in (*metrics.METRICS, 'n_truth', 'n_pred', 'tp', 'empty'):
+      if key in theirs:
+        assert mine[key] == theirs[key] or (np.isnan(mine[key]) and np.isnan(theirs[key])), key
+  # The report folder is a run for compare.
+  assert set(compare.load_run_cases(tmp_path / 'report')) == {r['case_id'] for r in rows}
+
+
+@pytest.mark.parametrize('problem', ['missing_prediction', 'missing_label', 'shape', 'affine',
+                                     'exists'])
+def test_evaluate_folder_refuses_bad_pairs_and_writes_nothing(tiny_raw, tmp_path, capsys,
+                                                             problem):
+  ids = ['tiny_000', 'tiny_001']
+  gt = _label_folder(tmp_path, tiny_raw, ids)
+  pred = tmp_path / 'pred'
+  shutil.copytree(gt, pred)
+  out = tmp_path / 'report'
+  name = ids[1]
+  if problem == 'missing_prediction':
+    (pred / f'{name}.nii.gz').unlink()
+    message = f'{pred}: case {name} has a label'
+  elif problem == 'missing_label':
+    (gt / f'{name}.nii.gz').unlink()
+    message = f'{gt}: case {name} has a prediction'
+  elif problem in ('shape', 'affine'):
+    label = nib.load(gt / f'{name}.nii.gz')
+    data = np.asarray(label.dataobj)
+    affine = label.affine.copy()
+    if problem == 'shape':
+      data = data[:-1]
+    else:
+      affine[0, 3] += 5.0
+    nib.save(nib.Nifti1Image(data, affine), pred / f'{name}.nii.gz')
+    message = f'{pred / name}.nii.gz: ' + ('shape' if problem == 'shape' else 'affine differs')
+  else:
+    out.mkdir()
+    (out / 'mine.txt').write_text('keep')
+    message = f'{out}: exists; pass --overwrite'
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate_folder_command.main([f'--pred={pred}', f'--gt={gt}', f'--out={out}'])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: {message}') and len(err.splitlines()) == 1
+  if problem == 'exists':
+    assert sorted(p.name for p in out.iterdir()) == ['mine.txt']
+  else:
+    assert not out.exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]

@@ -3,13 +3,16 @@ r"""The papers' model comparison table with paired significance tests.
   agmr-compare --runs runs/agmr,runs/dunet,runs/unet --reference runs/agmr \
       [--split test] [--names AGMR-Net,D-UNet,U-Net] [--out results/table4]
 
-A run is a training workdir evaluated by agmr_jax.evaluate (its `eval/{split}/cases.csv`), or a
-cross-validation root whose `fold*/eval/{split}/cases.csv` are pooled (every patient tested once).
+A run is a training workdir evaluated by agmr-evaluate (its `eval/{split}/cases.csv`), a
+cross-validation root whose `fold*/eval/{split}/cases.csv` are pooled (every patient tested once),
+or any folder holding a cases.csv (agmr-evaluate-folder's output, e.g. another tool's masks).
 `--split` is the name of the folder under eval/ ('test', 'test-tta', ...). All runs must hold the
 same case ids; otherwise the command stops and names the run and the differing cases.
 
-Columns, as AGMR-Net's Tables 3-4: DSC, DSC (global), recall, precision, ASD and HD95 (mm), each
-per-case mean ± std (global DSC pools voxels over cases), and for every per-case metric the
+Columns, as AGMR-Net's Tables 3-4: DSC, DSC (global), recall, precision, ASD and HD95 (mm), then
+the challenge metrics (lesion F1, lesion count and volume differences) where every run has them;
+`metrics` chooses others (any per-case metric of metrics.METRICS). Each is the per-case
+mean ± std (global DSC pools voxels over cases), and for every per-case metric the
 two-sided p-value of the paired Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences
 dropped: 'wilcox') of the run against the reference over the matched cases; AGMR-Net's Table 4
 reports this p-value on DSC. Distances are paired over the cases where both runs have them (no
@@ -33,16 +36,22 @@ from agmr_jax.evaluation import metrics
 from agmr_jax.evaluation import report
 from input_pipeline.errors import DataError
 
-# (key in the per-case rows, column title); global DSC has no per-case values.
-TABLE_METRICS = (('dsc', 'DSC'), ('global_dsc', 'DSC (global)'), ('recall', 'Recall'),
-                 ('precision', 'Precision'), ('asd', 'ASD (mm)'), ('hd95', 'HD95 (mm)'))
-PAIRED = ('dsc', 'recall', 'precision', 'asd', 'hd95')
+TITLES = {'dsc': 'DSC', 'global_dsc': 'DSC (global)', 'recall': 'Recall',
+          'precision': 'Precision', 'f1': 'F1', 'voe': 'VOE', 'rvd': 'RVD', 'asd': 'ASD (mm)',
+          'hd95': 'HD95 (mm)', 'asd_pred_to_truth': 'ASD P->G (mm)', 'lesion_f1': 'Lesion F1',
+          'lesion_count_diff': 'Lesion count diff', 'volume_diff_ml': 'Volume diff (ml)',
+          'volume_diff_voxels': 'Volume diff (voxels)'}
+# The per-case metrics tabulated by default (those every run has), each with its p-value.
+PAIRED = ('dsc', 'recall', 'precision', 'asd', 'hd95', 'lesion_f1', 'lesion_count_diff',
+          'volume_diff_ml')
 
 
 def load_run_cases(run, split: str = 'test') -> dict[str, dict]:
   """{case_id: row} of a run's evaluation, or of all folds of a cross-validation root."""
   run = pathlib.Path(run)
   direct = runs.eval_dir(run, split)
+  if (run / runs.CASES).exists():  # An evaluated folder of masks.
+    direct = run
   if (direct / runs.CASES).exists():
     rows = report.read_cases(direct)
   else:
@@ -86,17 +95,35 @@ def wilcoxon_p(a: Sequence[float], b: Sequence[float]) -> tuple[float, int]:
   return float(stats.wilcoxon(a, b).pvalue), int(a.size)
 
 
-def compare(tables: dict[str, dict[str, dict]], reference: str) -> list[dict]:
+def paired_metrics(tables: dict[str, dict[str, dict]],
+                   wanted: Sequence[str] | None = None) -> list[str]:
+  """The per-case metrics to tabulate: `wanted` (each must be in every row), or the PAIRED ones
+  every run's rows have."""
+  rows = [row for table in tables.values() for row in table.values()]
+  if wanted:
+    for m in wanted:
+      if m not in metrics.METRICS:
+        raise ValueError(f'unknown metric {m!r}; per-case metrics: {", ".join(metrics.METRICS)}')
+      if not all(m in r for r in rows):
+        raise ValueError(f'metric {m!r} is missing from some run\'s cases.csv (evaluated before '
+                         'it existed? evaluate it again with --overwrite)')
+    return list(wanted)
+  return [m for m in PAIRED if all(m in r for r in rows)]
+
+
+def compare(tables: dict[str, dict[str, dict]], reference: str,
+            metric_names: Sequence[str] | None = None) -> list[dict]:
   """One result per run (reference first): means, stds, p-values vs the reference, deltas."""
   ids = check_same_cases(tables, reference)
   ref = tables[reference]
+  chosen = paired_metrics(tables, metric_names)
   results = []
   for name in [reference] + [n for n in tables if n != reference]:
     rows = [tables[name][i] for i in ids]
     summary = metrics.summarize(rows)
     result = {'run': name, 'reference': name == reference, 'num_cases': len(ids),
-              'global_dsc': summary['global_dsc']}
-    for m in PAIRED:
+              'global_dsc': summary['global_dsc'], 'metrics': chosen}
+    for m in chosen:
       result[f'{m}_mean'] = summary[m]['mean']
       result[f'{m}_std'] = summary[m]['std']
       if name != reference:
@@ -105,7 +132,8 @@ def compare(tables: dict[str, dict[str, dict]], reference: str) -> list[dict]:
     results.append(result)
   for r in results:
     for m in ('asd', 'hd95'):
-      r[f'delta_{m}'] = results[0][f'{m}_mean'] - r[f'{m}_mean']
+      if m in chosen:
+        r[f'delta_{m}'] = results[0][f'{m}_mean'] - r[f'{m}_mean']
   return results
 
 
@@ -116,20 +144,24 @@ def _p(value: float | None) -> str:
 
 
 def markdown(results: list[dict], split: str) -> str:
+  chosen = results[0]['metrics']
+  columns = [m for m in chosen if m != 'dsc']
+  columns = (['dsc'] if 'dsc' in chosen else []) + ['global_dsc'] + columns
+  deltas = [m for m in ('asd', 'hd95') if m in chosen]
   head = ['Method']
-  for key, title in TABLE_METRICS:
-    head += [title] + (['p'] if key in PAIRED else [])
-  head += ['ΔASD (ref − run)', 'ΔHD95 (ref − run)']
+  for key in columns:
+    head += [TITLES[key]] + (['p'] if key != 'global_dsc' else [])
+  head += [f'Δ{TITLES[m].split()[0]} (ref − run)' for m in deltas]
   lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
   for r in results:
     cells = [r['run'] + (' (reference)' if r['reference'] else '')]
-    for key, _ in TABLE_METRICS:
+    for key in columns:
       if key == 'global_dsc':
         cells.append(f'{r[key]:.3f}')
         continue
       cells.append(metrics.format_mean_std(r[f'{key}_mean'], r[f'{key}_std']))
       cells.append(_p(r.get(f'{key}_p')))
-    cells += [f"{r['delta_asd']:.3f}", f"{r['delta_hd95']:.3f}"]
+    cells += [f"{r[f'delta_{m}']:.3f}" for m in deltas]
     lines.append('| ' + ' | '.join(cells) + ' |')
   lines += ['', f"{results[0]['num_cases']} matched cases ({split}); p: two-sided paired "
             'Wilcoxon signed-rank test against the reference; std over cases, ddof 0.']
@@ -145,9 +177,9 @@ def _write_outputs(prefix: pathlib.Path, results, tables, split, overwrite: bool
   tmp = [p.with_name('.' + p.name + '.tmp' + p.suffix) for p in paths]
   try:
     tmp[0].write_text(markdown(results, split))
-    fields = list(dict.fromkeys(k for r in results for k in r))
+    fields = [k for k in dict.fromkeys(k for r in results for k in r) if k != 'metrics']
     with tmp[1].open('w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=fields)
+      writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')
       writer.writeheader()
       writer.writerows(results)
     report.boxplot({n: [r['dsc'] for r in t.values()] for n, t in tables.items()}, tmp[2])
@@ -158,23 +190,23 @@ def _write_outputs(prefix: pathlib.Path, results, tables, split, overwrite: bool
       t.unlink(missing_ok=True)
 
 
-def run(runs: Sequence[str], reference: str, *, split: str = 'test',
+def run(run_dirs: Sequence[str], reference: str, *, split: str = 'test',
         names: Sequence[str] | None = None, out: str | None = None,
-        overwrite: bool = False) -> list[dict]:
+        overwrite: bool = False, metric_names: Sequence[str] | None = None) -> list[dict]:
   """Loads, compares, prints and (with `out`) writes the table; returns the results.
 
   `names` label the runs in the order given (the reference is prepended when not among them).
   """
-  runs = list(dict.fromkeys(runs if reference in runs else [reference, *runs]))
+  run_dirs = list(dict.fromkeys(run_dirs if reference in run_dirs else [reference, *run_dirs]))
   if names:
-    if len(names) != len(runs):
-      raise ValueError(f'{len(names)} names for {len(runs)} runs')
-    labels = dict(zip(runs, names))
+    if len(names) != len(run_dirs):
+      raise ValueError(f'{len(names)} names for {len(run_dirs)} runs')
+    labels = dict(zip(run_dirs, names))
   else:
-    short = [pathlib.Path(r).name for r in runs]
-    labels = dict(zip(runs, short if len(set(short)) == len(short) else runs))
-  tables = {labels[r]: load_run_cases(r, split) for r in runs}
-  results = compare(tables, labels[reference])
+    short = [pathlib.Path(r).name for r in run_dirs]
+    labels = dict(zip(run_dirs, short if len(set(short)) == len(short) else run_dirs))
+  tables = {labels[r]: load_run_cases(r, split) for r in run_dirs}
+  results = compare(tables, labels[reference], metric_names)
   print(markdown(results, split))
   if out:
     _write_outputs(pathlib.Path(out), results, tables, split, overwrite)

@@ -33,10 +33,14 @@ from agmr_jax.evaluation import report
 from input_pipeline.errors import DataError
 
 FOLD_METRICS = ('dsc', 'precision', 'recall', 'f1', 'global_dsc', 'hd95', 'asd')
+# Challenge metrics, added as columns when every case has them.
+LESION_METRICS = ('lesion_f1', 'lesion_count_diff', 'volume_diff_ml')
+_CASE_MEANS = ('dsc', 'precision', 'recall', 'hd95', 'asd')
 PERCENT = ('dsc', 'precision', 'recall', 'global_dsc')
 HEADERS = {'dsc': 'DSC (%)', 'precision': 'Precision (%)', 'recall': 'Recall (%)',
            'f1': 'F1 Score', 'global_dsc': 'DSC global (%)', 'hd95': 'HD95 (mm)',
-           'asd': 'ASD (mm)'}
+           'asd': 'ASD (mm)', 'lesion_f1': 'Lesion F1', 'lesion_count_diff': 'Lesion count diff',
+           'volume_diff_ml': 'Volume diff (ml)'}
 
 
 def fold_dir(root, k: int) -> pathlib.Path:
@@ -116,20 +120,21 @@ def _f1(precision: float, recall: float) -> float:
   return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
 
 
-def fold_row(rows: Sequence[dict]) -> dict:
-  """One fold's per-case means, its global DSC and F1 from its mean precision and recall."""
+def fold_row(rows: Sequence[dict], extra: Sequence[str] = ()) -> dict:
+  """One fold's per-case means (of `extra` metrics too), its global DSC and F1 from its mean
+  precision and recall."""
   s = metrics.summarize(rows)
-  row = {name: s[name]['mean'] for name in ('dsc', 'precision', 'recall', 'hd95', 'asd')}
+  row = {name: s[name]['mean'] for name in (*_CASE_MEANS, *extra)}
   row['f1'] = _f1(row['precision'], row['recall'])
   row['global_dsc'] = s['global_dsc']
   row['num_cases'] = len(rows)
   return row
 
 
-def pooled_rows(rows: Sequence[dict]) -> tuple[dict, dict]:
+def pooled_rows(rows: Sequence[dict], extra: Sequence[str] = ()) -> tuple[dict, dict]:
   """(means, stds) over all cases of all folds; F1 from the means, one global DSC."""
   s = metrics.summarize(rows)
-  names = ('dsc', 'precision', 'recall', 'hd95', 'asd')
+  names = (*_CASE_MEANS, *extra)
   mean = {m: s[m]['mean'] for m in names}
   mean.update(f1=_f1(mean['precision'], mean['recall']), global_dsc=s['global_dsc'])
   return mean, {m: s[m]['std'] for m in names}
@@ -138,41 +143,41 @@ def pooled_rows(rows: Sequence[dict]) -> tuple[dict, dict]:
 def aggregate(root, folds: Sequence[int]) -> dict:
   """{'folds': [fold rows], 'mean', 'std' (over folds), 'pooled': (means, stds) over cases}."""
   root = pathlib.Path(root)
-  fold_rows, all_cases = [], []
-  for k in folds:
-    cases = report.read_cases(runs.eval_dir(fold_dir(root, k)))
-    fold_rows.append({'fold': k, **fold_row(cases)})
-    all_cases += cases
+  per_fold = {k: report.read_cases(runs.eval_dir(fold_dir(root, k))) for k in folds}
+  all_cases = [row for k in folds for row in per_fold[k]]
+  extra = [m for m in LESION_METRICS if all(m in row for row in all_cases)]
+  fold_rows = [{'fold': k, **fold_row(per_fold[k], extra)} for k in folds]
   ids = [c['case_id'] for c in all_cases]
   if len(set(ids)) != len(ids):
     twice = sorted({i for i in ids if ids.count(i) > 1})
     raise DataError(root, f'cases tested in more than one fold: {twice[:5]}; are the folds from '
                     'one split?')
-  values = {m: np.array([r[m] for r in fold_rows], np.float64) for m in FOLD_METRICS}
-  return {'folds': fold_rows,
+  columns = [*FOLD_METRICS, *extra]
+  values = {m: np.array([r[m] for r in fold_rows], np.float64) for m in columns}
+  return {'folds': fold_rows, 'columns': columns,
           'mean': {m: float(np.nanmean(v)) for m, v in values.items()},
           'std': {m: float(np.nanstd(v)) for m, v in values.items()},
-          'pooled': pooled_rows(all_cases), 'num_cases': len(all_cases)}
+          'pooled': pooled_rows(all_cases, extra), 'num_cases': len(all_cases)}
 
 
 def _cell(metric: str, mean: float, std: float | None = None) -> str:
-  scale, digits = (100.0, 2) if metric in PERCENT else (1.0, 4 if metric == 'f1' else 2)
+  scale, digits = (100.0, 2) if metric in PERCENT else (1.0, 4 if metric in ('f1', 'lesion_f1') else 2)
   text = f'{mean * scale:.{digits}f}'
   return text if std is None else f'{text} ± {std * scale:.{digits}f}'
 
 
 def markdown(result: dict) -> str:
   """The MDANet-style table: one row per fold, mean ± std over folds, and all cases pooled."""
-  lines = ['| | cases | ' + ' | '.join(HEADERS[m] for m in FOLD_METRICS) + ' |',
-           '|---|---' + '|---' * len(FOLD_METRICS) + '|']
+  lines = ['| | cases | ' + ' | '.join(HEADERS[m] for m in result['columns']) + ' |',
+           '|---|---' + '|---' * len(result['columns']) + '|']
   for r in result['folds']:
     lines.append(f"| fold {r['fold']} | {r['num_cases']} | "
-                 + ' | '.join(_cell(m, r[m]) for m in FOLD_METRICS) + ' |')
+                 + ' | '.join(_cell(m, r[m]) for m in result['columns']) + ' |')
   lines.append(f"| **mean ± std over {len(result['folds'])} folds** | {result['num_cases']} | "
                + ' | '.join(_cell(m, result['mean'][m], result['std'][m])
-                            for m in FOLD_METRICS) + ' |')
+                            for m in result['columns']) + ' |')
   mean, std = result['pooled']
-  cells = [_cell(m, mean[m], std.get(m)) for m in FOLD_METRICS]
+  cells = [_cell(m, mean[m], std.get(m)) for m in result['columns']]
   lines.append(f"| all cases pooled (per-case mean ± std) | {result['num_cases']} | "
                + ' | '.join(cells) + ' |')
   lines += ['', 'F1 = 2PR/(P+R) of the mean precision P and recall R (per fold). Std with ddof 0. '
@@ -188,7 +193,7 @@ def write_tables(root: pathlib.Path, result: dict) -> None:
   mean, std = result['pooled']
   rows += [{'row': 'pooled_mean', 'num_cases': result['num_cases'], **mean},
            {'row': 'pooled_std', **std}]
-  fields = ['row', 'num_cases', *FOLD_METRICS]
+  fields = ['row', 'num_cases', *result['columns']]
   tmp = root / '.crossval.csv.tmp'
   with tmp.open('w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction='ignore')

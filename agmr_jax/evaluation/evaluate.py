@@ -136,7 +136,8 @@ def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str =
 
 
 def _print_result(rows, summary, split, step) -> None:
-  print(report.table(rows, ['case_id', 'dsc', 'hd95', 'asd', 'n_truth', 'n_pred']))
+  print(report.table(rows, ['case_id', 'dsc', 'hd95', 'asd', 'lesion_f1', 'lesion_count_diff',
+                            'volume_diff_ml', 'n_truth', 'n_pred']))
   for name, text in metrics.format_summary(summary).items():
     print(f'{name:>17}: {text}')
   print(f'{split}: mean per-case DSC '

@@ -31,6 +31,16 @@ Empty masks (design.md, Evaluation):
     distances NaN, `empty = 'truth'`.
   `summarize` averages each metric over its non-NaN cases and counts the NaNs and both kinds of
   empty case separately.
+
+Lesion-wise challenge metrics (lesions.py, the ISLES 2022 definitions): lesion_f1,
+lesion_count_diff and volume_diff_ml join every row (`lesion_variant='atlas2'`: 6-connected
+lesions and volume_diff_voxels, as the ATLAS v2.0 challenge counts them).
+
+Which library each definition matches, for comparing numbers across papers: HD95 and ASD here
+are medpy 0.5.2's `hd95` and `assd` exactly (tested); medpy 0.4's `asd` was directed; MONAI's
+HD95 takes the larger of the two directed percentiles and DeepMind's surface-distance weights
+surfels by area, so both give other numbers on the same masks. The lesion metrics equal the
+ISLES 2022 challenge code's (cc3d components; here scipy.ndimage.label, same components).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,11 +49,17 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from agmr_jax.evaluation import lesions
+
 Spacing = Optional[Sequence[float]]
 
 OVERLAP_METRICS = ('dsc', 'precision', 'recall', 'f1', 'voe', 'rvd')
 DISTANCE_METRICS = ('hd95', 'asd', 'asd_pred_to_truth')
-METRICS = OVERLAP_METRICS + DISTANCE_METRICS
+LESION_METRICS = ('lesion_f1', 'lesion_count_diff', 'volume_diff_ml', 'volume_diff_voxels')
+METRICS = OVERLAP_METRICS + DISTANCE_METRICS + LESION_METRICS
+# Integer columns of a row (read back as int from cases.csv).
+COUNT_FIELDS = ('tp', 'n_pred', 'n_truth', 'lesion_tp', 'lesion_fn', 'lesion_fp',
+                'n_lesions_truth', 'n_lesions_pred')
 
 
 def _binary_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +75,9 @@ def _spacing(spacing: Spacing, ndim: int) -> np.ndarray:
   spacing = np.asarray(spacing, np.float64).reshape(-1)
   if spacing.size != ndim:
     raise ValueError(f'spacing {tuple(spacing)} does not have {ndim} entries')
+  if not np.all(np.isfinite(spacing) & (spacing > 0)):
+    raise ValueError(f'voxel spacing {tuple(float(s) for s in spacing)} must be positive and '
+                     'finite (mm per axis)')
   return spacing
 
 
@@ -178,13 +197,19 @@ def asd(pred, truth, spacing: Spacing = None, *, connectivity: int = 1) -> float
   return case_metrics(pred, truth, spacing, connectivity=connectivity)['asd']
 
 
-def case_metrics(pred, truth, spacing: Spacing = None, *, connectivity: int = 1) -> dict:
+def case_metrics(pred, truth, spacing: Spacing = None, *, connectivity: int = 1,
+                 lesion_variant: str | None = lesions.DEFAULT) -> dict:
   """Every per-case metric of one volume pair.
+
+  `connectivity` is the surface's (medpy's); `lesion_variant` chooses the lesion metrics'
+  definition ('isles22', 'atlas2'; None leaves them out, e.g. for 2D arrays).
 
   Returns:
     dict with the floats in METRICS, `empty` ('none', 'both', 'pred' or 'truth': which mask is
-    empty) and the voxel counts `tp`, `n_pred`, `n_truth` (for global DSC).
+    empty), the voxel counts `tp`, `n_pred`, `n_truth` (for global DSC) and the lesion counts.
   """
+  if connectivity not in (1, 2, 3):
+    raise ValueError(f'surface connectivity must be 1, 2 or 3, got {connectivity}')
   pred, truth = _binary_pair(pred, truth)
   _spacing(spacing, pred.ndim)  # validate even when no distance is computed
   tp, n_pred, n_truth = _counts(pred, truth)
@@ -196,6 +221,8 @@ def case_metrics(pred, truth, spacing: Spacing = None, *, connectivity: int = 1)
   else:
     row.update(_distance_metrics(None, None))
   row.update(empty=empty, tp=tp, n_pred=n_pred, n_truth=n_truth)
+  if lesion_variant is not None and pred.ndim == 3:
+    row.update(lesions.lesion_metrics(pred, truth, spacing, variant=lesion_variant))
   return row
 
 

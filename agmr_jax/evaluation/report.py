@@ -14,9 +14,8 @@ from agmr_jax import runs
 from agmr_jax.evaluation import metrics
 from input_pipeline.errors import DataError
 
-COLUMNS = ('case_id', 'dsc', 'precision', 'recall', 'voe', 'rvd', 'hd95', 'asd', 'empty',
-           'n_truth', 'n_pred')
-_INT_FIELDS = ('tp', 'n_pred', 'n_truth')
+COLUMNS = ('case_id', 'dsc', 'precision', 'recall', 'voe', 'rvd', 'hd95', 'asd', 'lesion_f1',
+           'lesion_count_diff', 'volume_diff_ml', 'empty', 'n_truth', 'n_pred')
 
 
 def table(rows: list[dict], columns: list[str], floatfmt: str = '.4f') -> str:
@@ -42,7 +41,7 @@ def read_cases(eval_dir: str | pathlib.Path) -> list[dict]:
     for key in row:
       if key in metrics.METRICS:
         row[key] = float(row[key])
-      elif key in _INT_FIELDS:
+      elif key in metrics.COUNT_FIELDS:
         row[key] = int(row[key])
   return rows
 
