@@ -92,9 +92,14 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *,
   if '--help' in argv[1:] or '-h' in argv[1:]:
     print(f'usage: {prog} [flags]\n{flag_values.get_help()}')
     sys.exit(EXIT_OK)
-  if flag_values.is_parsed():
-    for name in list(flag_values):
-      flag_values[name].unparse()  # defaults again: a second call sees only its own arguments
+  for name in list(flag_values):
+    # Defaults again, also after a parse that failed half-way: a call sees only its arguments.
+    flag_values[name].unparse()
+  for name in list(flag_values):
+    if hasattr(flag_values[name], '_sys_argv'):
+      # ml_collections' config flag finds its --config.field=value overrides in the argument
+      # list it was given (sys.argv by default): give it the list being parsed.
+      flag_values[name]._sys_argv = argv  # pylint: disable=protected-access
   repeated = _repeated(flag_values, argv[1:])
   if repeated:
     print(f'error: {", ".join(repeated)} given more than once; give each once', file=sys.stderr)

@@ -29,7 +29,10 @@ def _crossval(f) -> None:
   folds = [int(k) for k in f.folds] if f.folds else None
   result = crossval.run_crossval(f.config, f.workdir_root, folds=folds, overrides=f.set or ())
   print(crossval.markdown(result))
-  print(f'wrote {pathlib.Path(f.workdir_root) / "crossval.md"} and crossval.csv')
+  root = pathlib.Path(f.workdir_root)
+  print(f'wrote {root / "crossval.md"} and crossval.csv')
+  print(f'predict new scans with the ensemble of its folds: agmr-predict -i SCANS -o OUT '
+        f'--workdir {root}')
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,8 @@ flags.DEFINE_bool('overwrite', False, 'Replace an existing evaluation of this sp
 flags.DEFINE_bool('write_predictions', True, 'Write predicted masks as NIfTI.', flag_values=FLAGS)
 flags.DEFINE_bool('tta', False, 'Average with the left-right flipped prediction.',
                   flag_values=FLAGS)
+flags.DEFINE_list('tta_axes', None, "Flip axes of test-time augmentation: 'lr' (the --tta "
+                  "default), 'ap', or lr,ap (4 passes); implies --tta.", flag_values=FLAGS)
 flags.DEFINE_bool('postprocess', True, "Apply the run's validation-chosen post-processing "
                   '(postprocess.json); --nopostprocess: threshold 0.5 only.', flag_values=FLAGS)
 cli.deprecated_alias(FLAGS, 'flip_tta', 'tta')
@@ -30,7 +32,8 @@ def _evaluate(f) -> None:
   from agmr_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top  (JAX: after flags)
   result = evaluate.evaluate_run(
       f.workdir, split=f.split, checkpoint=f.checkpoint, overwrite=f.overwrite,
-      write_predictions=f.write_predictions, tta=f.tta, post=f.postprocess)
+      write_predictions=f.write_predictions,
+      tta=tuple(f.tta_axes) if f.tta_axes else f.tta, post=f.postprocess)
   print(f'wrote {result["out_dir"]}')
 
 

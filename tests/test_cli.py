@@ -115,3 +115,15 @@ def test_repeatable_options_may_repeat():
   seen = []
   cli.run(fv, ['--set', 'a=1', '--set=b=2'], lambda f: seen.append(f.set))
   assert seen == [['a=1', 'b=2']]
+
+
+def test_a_failed_parse_leaves_nothing_for_the_next_call(capsys):
+  fv = cli.new_flags()
+  flags.DEFINE_multi_string('workdir', None, 'w', flag_values=fv)
+  flags.DEFINE_integer('batch_size', None, 'b', lower_bound=1, flag_values=fv)
+  with pytest.raises(SystemExit):
+    cli.run(fv, ['--workdir=a', '--workdir=b', '--batch_size=0'], _never)
+  capsys.readouterr()
+  seen = []
+  cli.run(fv, ['--workdir=c'], lambda f: seen.append((f.workdir, f.batch_size)))
+  assert seen == [(['c'], None)]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from agmr_jax import compare as compare_command
+from agmr_jax import crossval as crossval_command
 from agmr_jax.evaluation import compare
 from agmr_jax.evaluation import crossval
 from agmr_jax.evaluation import metrics
@@ -219,3 +220,23 @@ def test_crossval_table_gains_the_challenge_columns_when_every_case_has_them(tmp
   assert result['mean']['lesion_f1'] == pytest.approx(0.625)
   assert result['mean']['volume_diff_ml'] == pytest.approx(1.0)
   assert '| Lesion F1 |' in crossval.markdown(result).splitlines()[0]
+
+
+def test_crossval_main_trains_two_folds_end_to_end(tiny_built, data_dir, tmp_path, capsys):
+  """agmr-crossval's main(argv) on the tiny U-Net: two folds trained, evaluated, tabulated."""
+  del tiny_built
+  root = tmp_path / 'cv'
+  argv = ['--config=configs/unet.py:tiny', f'--workdir_root={root}', '--folds=3,4',
+          f'--set=data.data_dir={data_dir}', '--set=num_train_steps=2',
+          '--set=eval_every_steps=2', '--set=model_kwargs.features=(4,8,16)']
+  assert crossval_command.main(argv) == 0
+  out = capsys.readouterr().out
+  assert '| fold 3 | 2 |' in out and '| fold 4 | 2 |' in out
+  assert f'--workdir {root}' in out.splitlines()[-1]  # the ensemble's predict command
+  assert (root / 'crossval.md').exists() and (root / 'fold=3' / 'sweep_point.json').exists()
+  table = crossval.aggregate(root, [3, 4])
+  assert table['num_cases'] == 4 and 'lesion_f1' in table['columns']
+  with pytest.raises(SystemExit) as exit_info:  # Bad folds: one line naming them, exit 1.
+    crossval_command.main([*argv[:2], '--folds=7', *argv[3:]])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.startswith('error: folds [7] must be within 0..4')

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,6 +21,9 @@ from agmr_jax import checkpointing
 from agmr_jax import evaluate as evaluate_command
 from agmr_jax import evaluate_folder as evaluate_folder_command
 from agmr_jax import data
+from agmr_jax import optim
+from agmr_jax import runs
+from agmr_jax import state as state_lib
 from agmr_jax.evaluation import compare
 from agmr_jax.evaluation import evaluate
 from agmr_jax.evaluation import metrics
@@ -104,6 +108,29 @@ def test_checkpoint_choice(run):
   with pytest.raises(ValueError, match="'best', 'latest' or a step number"):
     checkpointing.parse_checkpoint('newest')
   assert not (workdir / 'eval' / 'test-99').exists()
+
+
+def test_best_and_latest_are_different_checkpoints_when_they_differ(run, tmp_path):
+  """A copy of the run whose best/ holds another state (freshly initialised, saved as step 3 with
+  the top score): 'best' evaluates that state, 'latest' the trained step 6."""
+  workdir, _ = run
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('eval', 'best'))
+  config = runs.load_config(copy)
+  recipe = data.run_recipe(config, copy)
+  model = loading.build_model(config, recipe)
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1, total_steps=1)
+  other = jax.jit(state_lib.make_init(model, (1, *recipe.slice_shape), tx))(jax.random.key(123))
+  ckpt = checkpointing.Checkpointer(copy)
+  ckpt.save_best(3, other, score=99.0)
+  ckpt.close()
+  best = evaluate.evaluate_run(copy, checkpoint='best', write_predictions=False)
+  latest = evaluate.evaluate_run(copy, checkpoint='latest', write_predictions=False)
+  assert (best['step'], latest['step']) == (3, 6)
+  assert best['out_dir'].name == 'test' and latest['out_dir'].name == 'test-latest'
+  trained = report.read_cases(workdir / 'eval' / 'test')
+  assert [r['dsc'] for r in latest['rows']] == [r['dsc'] for r in trained]
+  assert [r['n_pred'] for r in best['rows']] != [r['n_pred'] for r in latest['rows']]
 
 
 @pytest.mark.parametrize('problem', ['unreadable', 'four_d', 'missing'])

@@ -78,37 +78,77 @@ def test_restored_iterator_continues_bit_for_bit(tiny_built):
     np.testing.assert_array_equal(a['mask'], b['mask'])
 
 
+def _key(element) -> bytes:
+  """A slice's identity after to_training_element (which drops case id and slice index)."""
+  return element['image'].tobytes() + element['mask'].tobytes()
+
+
+def _elements(ds, start: int, stop: int) -> list[dict]:
+  """Elements start..stop-1 of a batch-size-1 train_dataset, unbatched."""
+  return [{k: v[0] for k, v in ds[i].items()} for i in range(start, stop)]
+
+
 def test_process_shards_are_disjoint_and_cover_the_split(tiny_built):
+  """Each process's train_dataset reads its own third of the shuffled split, all of it once."""
   ds = pipeline.SliceDataset(tiny_built)
   source = ds.source([0, 1, 2])
   n = len(source)
+  everything = {_key(pipeline.to_training_element(source[i])) for i in range(n)}
+  assert len(everything) == n  # Every slice is distinguishable.
   seen = []
   for p in range(3):
-    shard = source.seed(5).shuffle()[p::3]
-    seen.append({(r['case_id'], int(r['slice_index'])) for r in (shard[i] for i in range(len(shard)))})
+    shard = pipeline.train_dataset(source, batch_size=1, seed=5, process_index=p,
+                                   process_count=3)
+    size = len(range(p, n, 3))
+    keys = [_key(e) for e in _elements(shard, 0, size)]
+    assert len(set(keys)) == size  # One epoch of the shard: no slice twice.
+    seen.append(set(keys))
   assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
-  assert sum(len(s) for s in seen) == n
+  assert seen[0] | seen[1] | seen[2] == everything
 
 
 def test_epochs_are_reshuffled_and_complete(tiny_built):
+  """train_dataset's second epoch holds the same slices as the first, in another order."""
   ds = pipeline.SliceDataset(tiny_built)
   source = ds.source([0])
   n = len(source)
-  order = source.seed(1).shuffle().repeat().map(lambda r: int(r['slice_index']) * 100
-                                                 + hash(r['case_id']) % 100)
-  first, second = [order[i] for i in range(n)], [order[i] for i in range(n, 2 * n)]
-  assert sorted(first) == sorted(second) and first != second
+  train = pipeline.train_dataset(source, batch_size=1, seed=1)
+  first = [_key(e) for e in _elements(train, 0, n)]
+  second = [_key(e) for e in _elements(train, n, 2 * n)]
+  assert len(set(first)) == n and sorted(first) == sorted(second) and first != second
 
 
-def test_augmented_batches_are_reproducible(tiny_built):
+def test_augmentation_moves_image_and_mask_together(tiny_built):
+  """A certain left-right flip in train_dataset: every batch is the plain batch mirrored, image
+  and mask alike (same shuffle, same slices)."""
+  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+  ds = pipeline.SliceDataset(tiny_built)
+  source = ds.source([0, 1])
+  plain = pipeline.train_dataset(source, batch_size=2, seed=3)
+  flipped = pipeline.train_dataset(source, batch_size=2, seed=3,
+                                   augment=augment.Augment([(1.0, augment.FlipH())]))
+  lesion_batches = 0
+  for i in range(12):
+    np.testing.assert_array_equal(flipped[i]['image'], plain[i]['image'][:, :, ::-1])
+    np.testing.assert_array_equal(flipped[i]['mask'], plain[i]['mask'][:, :, ::-1])
+    lesion_batches += int(plain[i]['mask'].any())
+  assert lesion_batches > 0  # The masks checked were not all empty.
+
+
+def test_augmented_batches_are_reproducible_and_differ_from_plain_ones(tiny_built):
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
   ds = pipeline.SliceDataset(tiny_built)
   aug = augment.Augment.from_config(augment.AUGMENT_PRESETS['mdanet'])
   make = lambda: pipeline.train_dataset(ds.source([0, 1]), batch_size=2, seed=3, augment=aug)
   a, b = make(), make()
+  plain = pipeline.train_dataset(ds.source([0, 1]), batch_size=2, seed=3)
+  changed = 0
   for i in (0, 5, 11):
     np.testing.assert_array_equal(a[i]['image'], b[i]['image'])
+    np.testing.assert_array_equal(a[i]['mask'], b[i]['mask'])
     assert set(np.unique(a[i]['mask'])) <= {0, 1}
+    changed += int(not np.array_equal(a[i]['image'], plain[i]['image']))
+  assert changed >= 2
 
 
 def test_iter_cases_yields_whole_cases_in_slice_order(tiny_built):

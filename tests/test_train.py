@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from agmr_jax import main as main_command
 from agmr_jax import objectives
 from agmr_jax import optim
 from agmr_jax import runs
@@ -102,6 +103,29 @@ def test_resuming_under_another_config_is_refused(data_dir, tmp_path, caplog):
                                               **{'data.data_dir': '/elsewhere'}))
   runs.check_resumable(tmp_path, tiny_config(data_dir, num_train_steps=12))
   assert 'num_train_steps 12 (was 6)' in caplog.text
+
+
+@pytest.mark.parametrize('field, value', [('eval_batch_size', -8), ('eval_batch_size', 0),
+                                          ('batch_size', 0), ('log_every_steps', 0)])
+def test_non_positive_sizes_are_refused_before_anything_is_written(data_dir, tmp_path, field,
+                                                                   value):
+  with pytest.raises(ValueError, match=f'config.{field} must be positive, got {value}'):
+    train.train_and_evaluate(tiny_config(data_dir, **{field: value}), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_main_refuses_a_changed_resume_in_one_line(data_dir, tmp_path, capsys):
+  """agmr-train's main(argv): a resume under another config is one line and exit 1."""
+  config = tiny_config(data_dir)
+  (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
+  with pytest.raises(SystemExit) as exit_info:
+    main_command.main(['--config=configs/unet.py:tiny', f'--workdir={tmp_path}',
+                       f'--config.data.data_dir={data_dir}', '--config.seed=3'])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith(f'error: {tmp_path / "config.json"}: ')
+  assert 'seed: 0 -> 3' in err[0]
 
 
 def test_prediction_files_match_the_source_geometry(uninterrupted, tiny_raw):

@@ -20,10 +20,10 @@ import tempfile
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from agmr_jax import checkpointing
 from agmr_jax import data
+from agmr_jax import progress
 from agmr_jax import runs
 from agmr_jax.inference import loading
 from agmr_jax.evaluation import metrics
@@ -72,6 +72,7 @@ def evaluate_cases(predictor, variables, dataset, folds, *, out_dir: pathlib.Pat
                    post: postprocess.PostProcess = postprocess.PostProcess()) -> list[dict]:
   """Per-case metrics in the source geometry; writes predictions when out_dir is given."""
   rows = []
+  bar = progress.Cases(len(dataset.case_ids(folds)), 'evaluate')
   for case_id, probs, truth, geometry in source_volumes(predictor, variables, dataset, folds):
     pred = post(probs, geometry.spacing)
     row = {'case_id': case_id, **metrics.case_metrics(pred, truth, geometry.spacing)}
@@ -79,21 +80,23 @@ def evaluate_cases(predictor, variables, dataset, folds, *, out_dir: pathlib.Pat
     if out_dir is not None and jax.process_index() == 0:
       nifti.save_mask(out_dir / 'predictions' / f'{case_id}.nii.gz', pred.astype(np.uint8),
                       geometry)
-    logging.info('%s: DSC %.4f (%d true, %d predicted voxels)', case_id, row['dsc'],
-                 row['n_truth'], row['n_pred'])
+    bar.step(case_id, f"DSC {row['dsc']:.4f} ({row['n_truth']} true, {row['n_pred']} "
+             'predicted voxels)')
   return rows
 
 
-def eval_name(split: str, checkpoint='best', tta: bool = False, post: bool = True) -> str:
-  """Folder name under eval/: 'test', 'test-tta', 'test-latest', 'test-tta-1200', 'test-raw'
-  (without the run's post-processing)..."""
-  return (split + ('-tta' if tta else '') + ('' if checkpoint == 'best' else f'-{checkpoint}')
+def eval_name(split: str, checkpoint='best', tta=False, post: bool = True) -> str:
+  """Folder name under eval/: 'test', 'test-tta' (left-right flips), 'test-tta-lr-ap',
+  'test-latest', 'test-tta-1200', 'test-raw' (without the run's post-processing)..."""
+  axes = ('lr',) if tta is True else tuple(tta or ())
+  flips = '' if not axes else '-tta' if axes == ('lr',) else '-tta-' + '-'.join(axes)
+  return (split + flips + ('' if checkpoint == 'best' else f'-{checkpoint}')
           + ('' if post else '-raw'))
 
 
 def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str = 'best',
                  write_predictions: bool = True, overwrite: bool = True,
-                 tta: bool = False, post: bool | postprocess.PostProcess = True) -> dict:
+                 tta=False, post: bool | postprocess.PostProcess = True) -> dict:
   """Evaluates `split` of a run; returns {'summary', 'rows', 'step', 'out_dir'}.
 
   With `post` True, the masks get the post-processing chosen on validation (postprocess.json,

@@ -13,8 +13,8 @@ import shutil
 import tempfile
 
 import numpy as np
-from absl import logging
 
+from agmr_jax import progress
 from agmr_jax.evaluation import metrics
 from agmr_jax.evaluation import report
 from input_pipeline.layouts import common as layout_files
@@ -69,9 +69,10 @@ def evaluate_folder(pred_dir, gt_dir, out_dir, *, overwrite: bool = False,
     raise FileExistsError(f'{out_dir}: exists; pass --overwrite to replace it')
   cases = pair_cases(pred_dir, gt_dir)
   rows = []
-  for i, (case_id, pred_path, gt_path) in enumerate(cases, 1):
+  bar = progress.Cases(len(cases), 'evaluate')
+  for case_id, pred_path, gt_path in cases:
     rows.append(score_case(case_id, pred_path, gt_path, lesion_variant=lesion_variant))
-    logging.info('[%d/%d] %s: DSC %.4f', i, len(cases), case_id, rows[-1]['dsc'])
+    bar.step(case_id, f"DSC {rows[-1]['dsc']:.4f}")
   out_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}-', dir=out_dir.parent))
   try:

@@ -90,3 +90,16 @@ def load(workdir: str | pathlib.Path) -> PostProcess:
     return PostProcess(float(payload['threshold']), float(payload['min_component_mm3']))
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f'{path}: not a post-processing choice ({e})') from e
+
+
+def load_shared(workdirs) -> tuple[PostProcess, str]:
+  """(post-processing, how it was decided) for one run or an ensemble.
+
+  An ensemble uses its members' choice when they all chose the same (the folds of one
+  cross-validation usually do); otherwise the plain 0.5 threshold, since no member's choice was
+  made on the averaged probabilities. --threshold / --min_component_mm3 override either.
+  """
+  chosen = [load(w) for w in workdirs]
+  if len(set(chosen)) == 1:
+    return chosen[0], 'the run\'s choice' if len(chosen) == 1 else 'the members\' common choice'
+  return PostProcess(), 'threshold 0.5: the members chose differently'

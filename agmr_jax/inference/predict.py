@@ -37,8 +37,7 @@ from absl import logging
 import nibabel as nib
 import numpy as np
 
-from agmr_jax import data
-from agmr_jax import runs
+from agmr_jax import progress
 from agmr_jax.inference import loading
 from agmr_jax.inference import postprocess
 from input_pipeline import layouts
@@ -254,34 +253,46 @@ def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabil
             tta=False, overlay=False, overwrite=False, threshold: float | None = None,
             min_component_mm3: float | None = None,
             batch_size: int | None = None) -> list[dict]:
-  """Predicts every case of `input_path` into `output_dir` (see the module docstring)."""
+  """Predicts every case of `input_path` into `output_dir` (see the module docstring).
+
+  `workdir`: one run, a list of runs (an ensemble: their probabilities are averaged before the
+  post-processing) or a cross-validation root (the ensemble of its folds).
+  """
+  if batch_size is not None and batch_size <= 0:
+    raise ValueError(f'batch_size must be a positive number of slices, got {batch_size}')
   output_dir = pathlib.Path(output_dir)
-  post = postprocess.load(workdir)
+  workdirs = [workdir] if isinstance(workdir, (str, os.PathLike)) else list(workdir)
+  members, configs, recipe = loading.resolve_members(workdirs)
+  post, decided = postprocess.load_shared(members)
   post = postprocess.PostProcess(
       post.threshold if threshold is None else threshold,
       post.min_component_mm3 if min_component_mm3 is None else min_component_mm3)
-  config = runs.load_config(workdir)
-  recipe = data.run_recipe(config, workdir)
+  if threshold is not None or min_component_mm3 is not None:
+    decided = 'as given on the command line'
   cases = find_cases(input_path, recipe.modalities)
   plan = plan_outputs(cases, output_dir, probabilities=save_probabilities, overlay=overlay,
                       overwrite=overwrite)
   for case in cases:
     check_headers(case)
-  print(f'{len(cases)} case(s); the run ({config.model}, recipe {recipe.name}) takes channels '
+  what = (f'the run ({configs[0].model}' if len(members) == 1
+          else f'the ensemble of {len(members)} runs ({", ".join(c.model for c in configs)}')
+  print(f'{len(cases)} case(s); {what}, recipe {recipe.name}) takes channels '
         + ', '.join(f'{i:04d}={m}' for i, m in enumerate(recipe.modalities)))
-  predictor, variables, step = loading.load_predictor(
-      workdir, config, recipe, checkpoint=checkpoint, tta=tta, batch_size=batch_size)
+  predictor, variables, steps = loading.load_ensemble(
+      members, configs, recipe, checkpoint=checkpoint, tta=tta, batch_size=batch_size)
   results = []
+  bar = progress.Cases(len(cases), 'predict')
   with Staging(output_dir, overwrite=overwrite) as stage:
-    for i, case in enumerate(cases, 1):
+    for case in cases:
       t0 = time.perf_counter()
       result = _predict_case(case, plan[case.case_id], stage, (predictor, variables), recipe,
                              post=post)
       result['seconds'] = time.perf_counter() - t0
       results.append(result)
-      print(f'[{i}/{len(cases)}] {case.case_id}: {result["lesion_voxels"]} lesion voxels '
-            f'({result["lesion_ml"]:.2f} ml), {result["seconds"]:.1f} s', flush=True)
+      bar.step(case.case_id, f'{result["lesion_voxels"]} lesion voxels '
+               f'({result["lesion_ml"]:.2f} ml), {result["seconds"]:.1f} s')
     stage.commit()
-  print(f'wrote {len(results)} mask(s) to {output_dir} (checkpoint step {step}, threshold '
-        f'{post.threshold}, components under {post.min_component_mm3:g} mm3 removed)')
+  print(f'wrote {len(results)} mask(s) to {output_dir} (checkpoint step(s) '
+        f'{", ".join(map(str, steps))}; threshold {post.threshold}, components under '
+        f'{post.min_component_mm3:g} mm3 removed: {decided})')
   return results

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from agmr_jax import checkpointing
+from agmr_jax import progress
 from agmr_jax import runs
 from agmr_jax import sharding as sharding_lib
 from agmr_jax.evaluation import metrics as metrics_lib
@@ -97,7 +98,7 @@ def train_loop(run: Run) -> int:
   writer = writer_lib.MetricWriter(run.workdir)
   predictor = Predictor(run.model, run.mesh, config.eval_batch_size)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else run.steps_per_epoch
-  progress = writer_lib.Progress(run.total_steps, start)
+  rate_meter = progress.StepRate(run.total_steps, start)
   best = runs.best_score(run.workdir)
   history, step = [], start
   with _StopFlag(ckpt) as stop:
@@ -112,11 +113,11 @@ def train_loop(run: Run) -> int:
         _check_finite(history)
         means = {f'train/{k}': np.mean([m[k] for _, m in history]) for k in history[0][1]
                  if k != 'finite'}
-        rate, eta = progress.rate(step)
+        rate, eta = rate_meter.rate(step)
         means['train/steps_per_s'] = rate
         writer.scalars(step, means)
         logging.info('step %d/%d: loss %.4f, %.2f steps/s, ETA %s', step, run.total_steps,
-                     means['train/loss'], rate, writer_lib.format_eta(eta))
+                     means['train/loss'], rate, progress.format_eta(eta))
         history = []
       if step % eval_every == 0 or step == run.total_steps:
         score = _validate(run, writer, predictor, step)

@@ -51,9 +51,17 @@ class Run:
   preempted: bool = False
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Sizes and periods that must be positive, refused before anything is written."""
+  for name in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps'):
+    if config[name] <= 0:
+      raise ValueError(f'config.{name} must be positive, got {config[name]}')
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run:
   """Data, model, sharded state and jitted step; restores the latest checkpoint if any."""
   workdir = pathlib.Path(workdir)
+  check_config(config)
   dataset = data.prepare_data(config)
   val_fold = config.data.val_fold if config.data.val_fold >= 0 else None
   folds = dataset.split_folds(config.data.test_fold, val_fold)

@@ -31,6 +31,7 @@ class Preempted(Exception):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming if possible), then evaluates the test split; returns its summary."""
   workdir = pathlib.Path(workdir)
+  setup_lib.check_config(config)
   workdir.mkdir(parents=True, exist_ok=True)
   runtime.set_xla_flags(config.get('deterministic', False))  # Raises if JAX started without them.
   runs.check_resumable(workdir, config)

@@ -6,7 +6,6 @@ Only process 0 writes; other processes get a writer that does nothing, so caller
 import json
 from absl import logging
 import pathlib
-import time
 
 import jax
 import numpy as np
@@ -45,27 +44,6 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
-
-
-class Progress:
-  """Steps/s and ETA over the recent window, logged every `every` steps."""
-
-  def __init__(self, total_steps: int, start_step: int):
-    self.total = total_steps
-    self._last_step = start_step
-    self._last_time = time.perf_counter()
-
-  def rate(self, step: int) -> tuple[float, float]:
-    now = time.perf_counter()
-    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    self._last_step, self._last_time = step, now
-    eta = (self.total - step) / max(rate, 1e-9)
-    return rate, eta
-
-
-def format_eta(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
