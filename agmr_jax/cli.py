@@ -95,11 +95,13 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *,
   for name in list(flag_values):
     # Defaults again, also after a parse that failed half-way: a call sees only its arguments.
     flag_values[name].unparse()
-  for name in list(flag_values):
-    if hasattr(flag_values[name], '_sys_argv'):
-      # ml_collections' config flag finds its --config.field=value overrides in the argument
-      # list it was given (sys.argv by default): give it the list being parsed.
-      flag_values[name]._sys_argv = argv  # pylint: disable=protected-access
+  for name in [n for n in flag_values if hasattr(flag_values[n], '_sys_argv')]:
+    # ml_collections' config flag finds its --config.field=value overrides in the argument list
+    # it was given (sys.argv by default): give it the list being parsed. It registers one flag
+    # per override while parsing; an earlier call's are removed first.
+    flag_values[name]._sys_argv = argv  # pylint: disable=protected-access
+    for override in [n for n in flag_values if n.startswith(name + '.')]:
+      delattr(flag_values, override)
   repeated = _repeated(flag_values, argv[1:])
   if repeated:
     print(f'error: {", ".join(repeated)} given more than once; give each once', file=sys.stderr)

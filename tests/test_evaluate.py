@@ -26,9 +26,11 @@ from agmr_jax import runs
 from agmr_jax import state as state_lib
 from agmr_jax.evaluation import compare
 from agmr_jax.evaluation import evaluate
+from agmr_jax.evaluation import folder
 from agmr_jax.evaluation import metrics
 from agmr_jax.evaluation import report
 from agmr_jax.inference import loading
+from agmr_jax.inference import predict
 from agmr_jax.training import train
 from configs import mdanet
 from configs import unet
@@ -267,3 +269,42 @@ def test_evaluate_folder_refuses_bad_pairs_and_writes_nothing(tiny_raw, tmp_path
   else:
     assert not out.exists()
   assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]
+
+
+class _PerfectNetwork:
+  """Returns each case's record masks: the network that is always right, as seen through the
+  recipe's forward transform (keyed by the exact slice stack it receives)."""
+
+  def __init__(self, dataset, folds):
+    self.masks = {np.asarray(c.images, np.float32).tobytes(): (c.masks > 0).astype(np.float32)
+                  for c in pipeline.iter_cases(dataset, folds)}
+
+  def __call__(self, variables, images):
+    del variables
+    return self.masks[np.asarray(images, np.float32).tobytes()]
+
+
+# What the tiny recipe's resize (40x36 -> 32x32 and back, linear, then threshold 0.5) costs a
+# perfect network on the two test cases: the geometry's ceiling on DSC, measured and pinned.
+ORACLE_DSC = (0.9718670076726342, 0.9743589743589743)
+
+
+def test_a_perfect_network_scores_the_geometry_ceiling_through_evaluate_and_predict(
+    run, tiny_built, tiny_raw, tmp_path, monkeypatch):
+  workdir, _ = run
+  dataset = pipeline.SliceDataset(tiny_built)
+  folds = [4]
+  perfect = _PerfectNetwork(dataset, folds)
+  rows = evaluate.evaluate_cases(perfect, None, dataset, folds, out_dir=None)
+  dsc = [r['dsc'] for r in rows]
+  assert dsc == pytest.approx(ORACLE_DSC, rel=1e-12)
+  # The same perfect network through predict (NIfTI in) and evaluate_folder (NIfTI vs NIfTI).
+  monkeypatch.setattr(loading, 'load_ensemble', lambda *a, **k: (perfect, None, [0]))
+  (tmp_path / 'in').mkdir()
+  for row in rows:
+    shutil.copy(tiny_raw / 'imagesTr' / f"{row['case_id']}_0000.nii.gz", tmp_path / 'in')
+  predict.predict(tmp_path / 'in', tmp_path / 'masks', workdir, threshold=0.5,
+                  min_component_mm3=0.0)
+  gt = _label_folder(tmp_path, tiny_raw, [r['case_id'] for r in rows])
+  again = folder.evaluate_folder(tmp_path / 'masks', gt, tmp_path / 'report')['rows']
+  assert [r['dsc'] for r in again] == dsc

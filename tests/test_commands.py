@@ -1,0 +1,68 @@
+"""Commands run in-process through their main(argv) for success: the files they promise, exit 0,
+an idempotent re-run (the refusals of each command are tested beside its library)."""
+
+import json
+
+import pytest
+
+from agmr_jax import compare as compare_command
+from agmr_jax import main as train_command
+from agmr_jax import runs
+from agmr_jax.evaluation import report
+from input_pipeline import build as build_command
+from tests.test_crossval_compare import _row
+from tests.test_crossval_compare import _write_eval
+
+
+def test_train_main_writes_the_run_and_a_rerun_only_re_evaluates(tiny_built, data_dir, tmp_path,
+                                                                  capsys):
+  del tiny_built
+  workdir = tmp_path / 'run'
+  argv = ['--config=configs/unet.py:tiny', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', '--config.model_kwargs.features=(4,8,16)',
+          '--config.num_train_steps=3', '--config.eval_every_steps=3']
+  assert train_command.main(argv) == 0
+  for name in (runs.CONFIG, runs.RECIPE, runs.METRICS, runs.POSTPROCESS):
+    assert (workdir / name).is_file(), name
+  assert runs.status(workdir, runs.load_config(workdir)) == 'finished'
+  first = report.read_cases(runs.eval_dir(workdir))
+  assert 'test: mean per-case DSC' in capsys.readouterr().out
+  steps = [r['step'] for r in runs.read_metrics(workdir) if 'train/loss' in r]
+  assert train_command.main(argv) == 0  # Finished: resumes at the last step, evaluates again.
+  assert [r['step'] for r in runs.read_metrics(workdir) if 'train/loss' in r] == steps
+  assert report.read_cases(runs.eval_dir(workdir)) == first
+
+
+def test_build_main_builds_records_once(tmp_path, capsys):
+  argv = ['--dataset=synthetic_tiny', '--recipe=tiny_2p5d', f'--data_dir={tmp_path}',
+          '--num_subjects=5']
+  assert build_command.main(argv) == 0
+  path = capsys.readouterr().out.strip().splitlines()[-1]
+  meta = json.loads((tmp_path / path.partition(str(tmp_path) + '/')[2] / 'slices_meta.json')
+                    .read_text()) if path.startswith(str(tmp_path)) else None
+  assert meta is not None and len(meta['cases']) == 5
+  assert build_command.main(argv) == 0  # Built already: only the path again.
+  assert capsys.readouterr().out.strip().splitlines()[-1] == path
+  with pytest.raises(SystemExit) as exit_info:
+    build_command.main(['--dataset=synthetic_nope', '--recipe=tiny_2p5d',
+                        f'--data_dir={tmp_path}'])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err.startswith('error: ')
+
+
+def test_compare_main_writes_its_three_files_and_refuses_to_replace_them(tmp_path, capsys):
+  for name, dsc in (('A', [0.8, 0.7, 0.6]), ('B', [0.7, 0.6, 0.4])):
+    _write_eval(tmp_path / name, [_row(f'p{i}', d) for i, d in enumerate(dsc)])
+  argv = [f'--runs={tmp_path / "A"},{tmp_path / "B"}', f'--reference={tmp_path / "A"}',
+          f'--out={tmp_path / "table"}']
+  assert compare_command.main(argv) == 0
+  assert '| A (reference) |' in capsys.readouterr().out
+  for suffix in ('.md', '.csv', '_dsc_boxplot.png'):
+    assert (tmp_path / f'table{suffix}').is_file()
+  before = (tmp_path / 'table.md').read_text()
+  with pytest.raises(SystemExit) as exit_info:
+    compare_command.main(argv)
+  assert exit_info.value.code == 1
+  assert 'exists; pass --overwrite' in capsys.readouterr().err
+  assert compare_command.main([*argv, '--overwrite']) == 0
+  assert (tmp_path / 'table.md').read_text() == before
