@@ -33,6 +33,9 @@ flags.DEFINE_list('tta_axes', None, "Flip axes of test-time augmentation: 'lr' (
 flags.DEFINE_bool('overlay', False, 'Write PNGs of four axial slices with the mask outlined.',
                   flag_values=FLAGS)
 flags.DEFINE_bool('overwrite', False, 'Replace existing outputs.', flag_values=FLAGS)
+flags.DEFINE_bool('skip_bad', False, 'Predict the good cases of a folder, list the bad ones with '
+                  'their reasons and exit 1 (default: the first bad file stops everything before '
+                  'any output).', flag_values=FLAGS)
 flags.DEFINE_float('threshold', None, "Probability threshold of the mask (default: the run's "
                    'postprocess.json, else 0.5).', flag_values=FLAGS)
 flags.DEFINE_float('min_component_mm3', None, 'Remove lesion components smaller than this '
@@ -50,7 +53,7 @@ def _predict(f) -> None:
       save_probabilities=f.save_probabilities, tta=tuple(f.tta_axes) if f.tta_axes else f.tta,
       overlay=f.overlay,
       overwrite=f.overwrite, threshold=f.threshold, min_component_mm3=f.min_component_mm3,
-      batch_size=f.batch_size)
+      batch_size=f.batch_size, skip_bad=f.skip_bad)
 
 
 def main(argv=None) -> int:

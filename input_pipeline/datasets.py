@@ -11,14 +11,17 @@ when its output exists already.
 """
 
 import dataclasses
-from absl import logging
+import hashlib
 import os
 import pathlib
+
+from absl import logging
 
 from input_pipeline import builder as builder_lib
 from input_pipeline import layouts
 from input_pipeline import recipes as recipes_lib
 from input_pipeline import synthetic
+from input_pipeline.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,18 @@ class Source:
   name: str  # tag used in the records' config name
   layout: str
   manual_dir: pathlib.Path
+
+
+def fingerprint(root: pathlib.Path) -> str:
+  """8 hex digits of a source folder: its resolved path and every file's relative name, size and
+  modification time. Records built from another folder, or from changed files, get another name
+  and never answer for these (the build cache is keyed by it)."""
+  root = pathlib.Path(root).resolve()
+  digest = hashlib.sha1(str(root).encode())
+  for path in sorted(p for p in root.rglob('*') if p.is_file()):
+    stat = path.stat()
+    digest.update(f'\n{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}'.encode())
+  return digest.hexdigest()[:8]
 
 
 def resolve(dataset: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None,
@@ -39,13 +54,19 @@ def resolve(dataset: str, data_dir: str | os.PathLike, manual_dir: str | os.Path
     if not root.exists():
       logging.info('Writing synthetic dataset %s (%d subjects) to %s', dataset, num_subjects, root)
       synthetic.write_dataset(dataset, root, num_subjects, seed=seed)
-    return Source(name=tag, layout=layout, manual_dir=root)
+    # The generated tree under data_dir is named by its generator version, size and seed; one a
+    # user points at is fingerprinted like real data.
+    name = f'{tag}-{fingerprint(root)}' if manual_dir else tag
+    return Source(name=name, layout=layout, manual_dir=root)
   if dataset not in layouts.LAYOUTS:
     known = sorted(layouts.LAYOUTS) + sorted(synthetic.SYNTHETIC)
     raise ValueError(f'unknown dataset {dataset!r}; known: {", ".join(known)}')
   if not manual_dir:
     raise ValueError(f'dataset {dataset!r} is read from disk: pass its folder as manual_dir')
-  return Source(name=dataset, layout=dataset, manual_dir=pathlib.Path(manual_dir))
+  root = pathlib.Path(manual_dir)
+  if not root.is_dir():
+    raise DataError(root, 'manual_dir does not exist or is not a folder')
+  return Source(name=f'{dataset}-{fingerprint(root)}', layout=dataset, manual_dir=root)
 
 
 def prepare(dataset: str, recipe: recipes_lib.Recipe, *, data_dir: str | os.PathLike,

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
+from input_pipeline import orientation
 from input_pipeline.errors import DataError
 
 # Tolerance on affine entries (mm) when checking that modalities share a grid.
@@ -36,18 +37,22 @@ _READ_ERRORS = (
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Volume:
-  """One validated 3D volume.
+  """One validated 3D volume, in RAS+ axis order (orientation.py).
 
   Attributes:
-    data: float32 array indexed [x, y, z].
-    affine: (4, 4) voxel-to-world (mm) transform.
-    spacing: voxel size (sx, sy, sz) in mm, from the header zooms.
-    header: the nibabel header (already reduced to 3D).
+    data: float32 array indexed [x, y, z], RAS+.
+    affine: (4, 4) voxel-to-world (mm) transform of `data`.
+    spacing: voxel size (sx, sy, sz) in mm of `data`'s axes, from the header zooms.
+    header: the file's nibabel header (already reduced to 3D), in the file's own axis order.
+    ornt: the reorientation applied to the file's axes (None: the file was RAS+ already).
+    source_affine: the file's own affine, which outputs are written with.
   """
   data: np.ndarray
   affine: np.ndarray
   spacing: tuple[float, float, float]
   header: Any
+  ornt: Any = None
+  source_affine: np.ndarray | None = None
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -56,15 +61,19 @@ class Volume:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Geometry:
-  """The grid of a case (from its first modality), enough to write outputs back."""
+  """The grid of a case (from its first modality), RAS+, enough to write outputs back on the
+  file's own grid (Volume's fields)."""
   shape: tuple[int, int, int]
   affine: np.ndarray
   spacing: tuple[float, float, float]
   header: Any
+  ornt: Any = None
+  source_affine: np.ndarray | None = None
 
   @classmethod
   def of(cls, volume: Volume) -> 'Geometry':
-    return cls(volume.shape, volume.affine, volume.spacing, volume.header)
+    return cls(volume.shape, volume.affine, volume.spacing, volume.header, volume.ornt,
+               volume.source_affine)
 
 
 def _spatial_shape(path: pathlib.Path, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -126,13 +135,33 @@ def load_volume(path: str | os.PathLike, *, kind: str = 'image') -> Volume:
                     f'{int(bad.sum()) - n_nan} Inf) out of {data.size}')
   header = img.header.copy()
   header.set_data_shape(shape)
+  raw = _raw_pixdim(path)
+  if raw is not None and not np.all(np.isfinite(raw) & (raw > 0)):
+    raise DataError(path, f'invalid voxel spacing (pixdim[1:4] = {tuple(float(s) for s in raw)}); '
+                    'every spacing must be positive and finite')
   spacing = tuple(float(z) for z in header.get_zooms()[:3])
   if not all(np.isfinite(s) and s > 0 for s in spacing):
     raise DataError(path, f'invalid voxel spacing {spacing} (must be positive)')
   if kind == 'mask':
     _check_mask_values(path, data)
-  return Volume(data=data, affine=np.array(img.affine, dtype=np.float64),
-                spacing=spacing, header=header)
+  source_affine = np.array(img.affine, dtype=np.float64)
+  data, affine, ornt = orientation.to_ras(data, source_affine)
+  return Volume(data=data, affine=affine, spacing=orientation.permuted_spacing(spacing, ornt),
+                header=header, ornt=ornt, source_affine=source_affine)
+
+
+def _raw_pixdim(path: pathlib.Path) -> np.ndarray | None:
+  """pixdim[1:4] as stored (nibabel replaces zero or negative values when it loads a header)."""
+  try:
+    with nib.openers.ImageOpener(path) as f:
+      block = f.read(540)
+  except _READ_ERRORS:
+    return None
+  for klass in (nib.Nifti1Header, nib.Nifti2Header):
+    if klass.may_contain_header(block):
+      return np.asarray(klass(block[:klass.template_dtype.itemsize], check=False)['pixdim'][1:4],
+                        np.float64)
+  return None
 
 
 def check_same_grid(path: pathlib.Path, vol: Volume, ref_path: pathlib.Path,
@@ -246,7 +275,12 @@ def save_mask(path: str | os.PathLike, mask: np.ndarray, like: Geometry | Volume
   if tuple(mask.shape) != tuple(like.shape):
     raise ValueError(f'{path}: mask shape {mask.shape} != geometry shape {tuple(like.shape)}')
   klass, header = _image_class(like.header)
-  img = klass(mask.astype(dtype), np.asarray(like.affine, dtype=np.float64), header)
+  ornt = getattr(like, 'ornt', None)
+  if ornt is not None:  # Back to the file's own axes, written with its own affine.
+    mask, affine = orientation.from_ras(mask, ornt), like.source_affine
+  else:
+    affine = like.affine
+  img = klass(mask.astype(dtype), np.asarray(affine, dtype=np.float64), header)
   img.set_data_dtype(dtype)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)

@@ -141,3 +141,32 @@ def test_predict_main_takes_repeated_workdirs_and_refuses_a_bad_batch_size(two_r
   with pytest.raises(ValueError, match='batch_size must be a positive'):
     predict.predict(tmp_path / 'in', tmp_path / 'out', [first, second], batch_size=0)
   assert not (tmp_path / 'out').exists()
+
+
+def test_a_bad_file_fails_before_any_network_is_loaded_or_is_skipped(two_runs, tiny_raw,
+                                                                     tmp_path, monkeypatch,
+                                                                     capsys):
+  first, _ = two_runs
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for case in ('tiny_000', 'tiny_001'):
+    shutil.copy(tiny_raw / 'imagesTr' / f'{case}_0000.nii.gz', inputs)
+  bad = inputs / 'tiny_001_0000.nii.gz'
+  bad.write_bytes(bad.read_bytes()[:300])  # truncated: only a full read finds it
+  load = loading.load_ensemble
+
+  def never(*args, **kwargs):
+    raise AssertionError('a network was loaded before the inputs were checked')
+
+  monkeypatch.setattr(loading, 'load_ensemble', never)
+  with pytest.raises(predict.DataError, match='tiny_001_0000.nii.gz'):
+    predict.predict(inputs, tmp_path / 'out', first)
+  assert not (tmp_path / 'out').exists()
+  monkeypatch.setattr(loading, 'load_ensemble', load)
+  with pytest.raises(SystemExit) as exit_info:
+    predict_command.main(['-i', str(inputs), '-o', str(tmp_path / 'out'), f'--workdir={first}',
+                          '--skip_bad'])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.splitlines()[-1]
+  assert err.startswith(f'error: {inputs}: 1 bad case(s) skipped, 1 predicted') and 'tiny_001' in err
+  assert sorted(p.name for p in (tmp_path / 'out').glob('*.nii.gz')) == ['tiny_000.nii.gz']

@@ -235,3 +235,26 @@ def test_worker_processes_yield_the_same_batches(tiny_built):
     it.close()
   for a, b in zip(in_process, with_worker):
     np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_records_of_another_source_folder_are_never_reused(tmp_path, tiny_recipe):
+  """Two nnU-Net folders built into one data_dir get their own records; the same folder again
+  reuses its own; a changed file makes new ones."""
+  first, second = tmp_path / 'first', tmp_path / 'second'
+  synthetic.write_dataset('synthetic_tiny', first, 5)
+  synthetic.write_dataset('synthetic_tiny', second, 5, seed=1)
+  data_dir = tmp_path / 'data'
+  a = datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=first)
+  b = datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=second)
+  assert a != b and a.parent.name.startswith('nnunet-') and b.parent.name.startswith('nnunet-')
+  cases_a = json.loads((a / builder_lib.META_FILE).read_text())['cases']
+  cases_b = json.loads((b / builder_lib.META_FILE).read_text())['cases']
+  assert {c['masks'][0] for c in cases_b.values()} <= {
+      str(p) for p in (second / 'labelsTr').iterdir()}
+  assert cases_a.keys() == cases_b.keys()
+  assert datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=first) == a
+  image = first / 'imagesTr' / 'tiny_000_0000.nii.gz'
+  image.write_bytes((second / 'imagesTr' / 'tiny_000_0000.nii.gz').read_bytes())
+  assert datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=first) not in (a, b)
+  with pytest.raises(DataError, match='manual_dir does not exist'):
+    datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=tmp_path / 'nope')

@@ -249,14 +249,37 @@ def _predict_case(case, outputs, stage, model_parts, recipe, *, post) -> dict:
           'shape': geometry.shape, 'outputs': outputs}
 
 
+def check_inputs(cases, *, skip_bad: bool = False):
+  """(good cases, [(bad case, DataError)]): every file read in full and checked (nifti.load_case)
+  before any network is loaded, so a bad file among hundreds fails in seconds, not hours."""
+  good, bad = [], []
+  for case in cases:
+    try:
+      check_headers(case)
+      nifti.load_case(case)
+    except DataError as e:
+      if not skip_bad:
+        raise
+      bad.append((case, e))
+      logging.warning('%s: skipped (%s)', case.case_id, e)
+    else:
+      good.append(case)
+  if bad and not good:
+    listing = '; '.join(str(e) for _, e in bad)
+    raise DataError(bad[0][0].root, f'no good case to predict: {listing}')
+  return good, bad
+
+
 def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabilities=False,
             tta=False, overlay=False, overwrite=False, threshold: float | None = None,
-            min_component_mm3: float | None = None,
-            batch_size: int | None = None) -> list[dict]:
+            min_component_mm3: float | None = None, batch_size: int | None = None,
+            skip_bad: bool = False) -> list[dict]:
   """Predicts every case of `input_path` into `output_dir` (see the module docstring).
 
   `workdir`: one run, a list of runs (an ensemble: their probabilities are averaged before the
-  post-processing) or a cross-validation root (the ensemble of its folds).
+  post-processing) or a cross-validation root (the ensemble of its folds). Every input is read
+  and checked before a network is loaded; with `skip_bad` the good cases are predicted and the
+  bad ones raised together afterwards (DataError), else the first bad one stops everything.
   """
   if batch_size is not None and batch_size <= 0:
     raise ValueError(f'batch_size must be a positive number of slices, got {batch_size}')
@@ -272,8 +295,8 @@ def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabil
   cases = find_cases(input_path, recipe.modalities)
   plan = plan_outputs(cases, output_dir, probabilities=save_probabilities, overlay=overlay,
                       overwrite=overwrite)
-  for case in cases:
-    check_headers(case)
+  cases, bad = check_inputs(cases, skip_bad=skip_bad)
+  plan = {case.case_id: plan[case.case_id] for case in cases}
   what = (f'the run ({configs[0].model}' if len(members) == 1
           else f'the ensemble of {len(members)} runs ({", ".join(c.model for c in configs)}')
   print(f'{len(cases)} case(s); {what}, recipe {recipe.name}) takes channels '
@@ -292,6 +315,10 @@ def predict(input_path, output_dir, workdir, *, checkpoint='best', save_probabil
       bar.step(case.case_id, f'{result["lesion_voxels"]} lesion voxels '
                f'({result["lesion_ml"]:.2f} ml), {result["seconds"]:.1f} s')
     stage.commit()
+  if bad:
+    listing = '; '.join(f'{case.case_id}: {error}' for case, error in bad)
+    raise DataError(input_path, f'{len(bad)} bad case(s) skipped, {len(results)} predicted into '
+                    f'{output_dir}: {listing}')
   print(f'wrote {len(results)} mask(s) to {output_dir} (checkpoint step(s) '
         f'{", ".join(map(str, steps))}; threshold {post.threshold}, components under '
         f'{post.min_component_mm3:g} mm3 removed: {decided})')
