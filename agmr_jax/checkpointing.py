@@ -19,6 +19,7 @@ from agmr_jax import runs
 from agmr_jax import sharding as sharding_lib
 from agmr_jax import state as state_lib
 from agmr_jax.state import TrainState
+from input_pipeline.errors import DataError
 
 
 class Checkpointer:
@@ -56,12 +57,27 @@ class Checkpointer:
         data_iter=grain.checkpoint.CheckpointSave(data_iter)), force=force)
 
   def restore(self, abstract_state: TrainState, data_iter, step: int | None = None) -> TrainState:
-    """Restores the state into `abstract_state`'s shardings and rewinds `data_iter` in place."""
-    step = self.latest.latest_step() if step is None else step
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
-    return restored.state
+    """Restores the state into `abstract_state`'s shardings and rewinds `data_iter` in place.
+
+    Without a step: the newest checkpoint that reads back; a damaged one (a file lost or cut
+    short after its commit) is skipped with a warning naming it, and the previous one is used.
+    """
+    steps = [step] if step is not None else sorted(self.latest.all_steps(), reverse=True)
+    for candidate in steps:
+      try:
+        restored = self.latest.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+      except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint)
+        if step is not None or candidate == steps[-1]:
+          raise DataError(self.latest.directory / str(candidate),
+                          f'checkpoint cannot be read ({type(e).__name__}: {e})') from e
+        logging.warning('%s: checkpoint is damaged (%s: %s); resuming from the previous one',
+                        self.latest.directory / str(candidate), type(e).__name__,
+                        ' '.join(str(e).split())[:200])
+        continue
+      return restored.state
+    raise FileNotFoundError(f'{self.latest.directory}: no checkpoint to restore')
 
   def save_best(self, step: int, state: TrainState, score: float) -> None:
     if step not in self.best.all_steps():
@@ -124,8 +140,13 @@ def restore_variables(workdir, config, model, mesh, input_shape, checkpoint) -> 
   ckpt = Checkpointer(workdir)
   try:
     manager, step = choose_checkpoint(ckpt, workdir, parse_checkpoint(checkpoint))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))
+    except Exception as e:  # pylint: disable=broad-except  (any unreadable checkpoint)
+      raise DataError(manager.directory / str(step),
+                      f'checkpoint cannot be read ({type(e).__name__}: '
+                      f'{" ".join(str(e).split())[:200]}); choose another with --checkpoint') from e
   finally:
     ckpt.close()
   return step, restored.state.variables

@@ -105,6 +105,25 @@ def test_resuming_under_another_config_is_refused(data_dir, tmp_path, caplog):
   assert 'num_train_steps 12 (was 6)' in caplog.text
 
 
+def test_resume_skips_a_damaged_checkpoint_and_still_reaches_the_same_parameters(
+    uninterrupted, data_dir, tmp_path, caplog):
+  """Stopped at 4 (checkpoints 3 and 4), then step 4's arrays lost: the resume warns naming it,
+  restarts from 3 and ends bitwise where the uninterrupted run ended."""
+  workdir_a, _ = uninterrupted
+  config = tiny_config(data_dir, final_eval=False, stop_after_steps=4)
+  train.train_and_evaluate(config, str(tmp_path))
+  damaged = tmp_path / 'checkpoints' / '4'
+  for path in (damaged / 'state').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'')
+  train.train_and_evaluate(config, str(tmp_path))  # 3 -> 6
+  assert f'{damaged}: checkpoint is damaged' in caplog.text
+  _, params_a = final_params(workdir_a)
+  step, params_b = final_params(tmp_path)
+  assert step == 6
+  assert_trees_equal(params_a, params_b)
+
+
 @pytest.mark.parametrize('field, value', [('eval_batch_size', -8), ('eval_batch_size', 0),
                                           ('batch_size', 0), ('log_every_steps', 0)])
 def test_non_positive_sizes_are_refused_before_anything_is_written(data_dir, tmp_path, field,
