@@ -8,6 +8,7 @@ the previous checkpoint stays usable.
 """
 
 import pathlib
+import shutil
 
 import grain
 import jax
@@ -20,6 +21,18 @@ from agmr_jax import sharding as sharding_lib
 from agmr_jax import state as state_lib
 from agmr_jax.state import TrainState
 from input_pipeline.errors import DataError
+
+
+def remove_partial_saves(workdir) -> list[pathlib.Path]:
+  """Deletes the `*.orbax-checkpoint-tmp*` folders a killed save left (Orbax ignores them; they
+  only take space). Call it when a run starts, before anything saves; returns what it removed."""
+  removed = []
+  for folder in (runs.CHECKPOINTS, runs.BEST):
+    for path in sorted((pathlib.Path(workdir) / folder).glob('*.orbax-checkpoint-tmp*')):
+      shutil.rmtree(path, ignore_errors=True)
+      logging.warning('%s: removed the partial save a stopped run left', path)
+      removed.append(path)
+  return removed
 
 
 class Checkpointer:

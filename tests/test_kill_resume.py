@@ -117,6 +117,8 @@ def test_killed_and_terminated_run_resumes_bitwise(tiny_built, data_dir, tmp_pat
   assert helpers.wait(proc, logs[2]) == runtime.EXIT_PREEMPTED, helpers.tail(logs[2])
   assert _resumed_from(logs[2]) == committed[-1], context
   assert 'SIGTERM: saving a checkpoint and stopping' in logs[2].read_text()
+  assert 'removed the partial save a stopped run left' in logs[2].read_text()  # step 2's
+  assert not [p for p in in_flight if p.exists()], context
   stopped_at = helpers.logged_steps(run_dir)[-1]
   assert committed[-1] < stopped_at < TOTAL_STEPS, context
   assert helpers.checkpoint_steps(run_dir)[-1] == stopped_at, context

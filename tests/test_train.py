@@ -3,6 +3,9 @@
 Runs share one persistent compilation cache (conftest), so each network compiles once per session.
 """
 
+import os
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ from agmr_jax import sharding as sharding_lib
 from agmr_jax import state as state_lib
 from agmr_jax.models import MODELS
 from agmr_jax.models import layers
+from agmr_jax.evaluation import evaluate as evaluate_lib
 from agmr_jax.training import loop
 from agmr_jax.training import train
 from agmr_jax.training import train_step as train_step_lib
@@ -244,3 +248,24 @@ def test_bn_momentum_replaces_the_models_momentum(step_parts):
   assert max(leaves) < 1e-4
   # And the statistics really moved (the batch is not at the initial mean 0 / variance 1).
   assert max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), r0, stats[0.0]))) > 0.1
+
+
+def test_sigterm_during_the_test_evaluation_stops_cleanly_and_the_next_start_redoes_it(
+    data_dir, tmp_path, monkeypatch):
+  config = tiny_config(data_dir, tune_postprocess=False)
+  real = evaluate_lib.evaluate_run
+
+  def terminated(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # The handler raises before this returns.
+    raise AssertionError('SIGTERM did not stop the evaluation')
+
+  monkeypatch.setattr(evaluate_lib, 'evaluate_run', terminated)
+  with pytest.raises(train.Preempted, match='SIGTERM during the post-processing choice'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert signal.getsignal(signal.SIGTERM) is not None and not (tmp_path / 'eval').exists()
+  steps = [r['step'] for r in runs.read_metrics(tmp_path) if 'train/loss' in r]
+  monkeypatch.setattr(evaluate_lib, 'evaluate_run', real)
+  summary = train.train_and_evaluate(config, str(tmp_path))  # no step trained, only evaluated
+  assert [r['step'] for r in runs.read_metrics(tmp_path) if 'train/loss' in r] == steps
+  assert summary['step'] == 6 and (tmp_path / 'eval' / 'test' / 'summary.json').exists()

@@ -91,6 +91,8 @@ def train_loop(run: Run) -> int:
   ckpt = checkpointing.Checkpointer(run.workdir, max_to_keep=config.max_checkpoints,
                                     async_save=config.async_checkpoints)
   start = 0
+  if jax.process_index() == 0:
+    checkpointing.remove_partial_saves(run.workdir)
   if ckpt.latest_step() is not None:
     run.state = ckpt.restore(run.abstract_state, run.data_iter)
     start = int(jax.device_get(run.state.step))

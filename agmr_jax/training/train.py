@@ -6,7 +6,10 @@ preemption notice to any process) saves a checkpoint at the current step and rai
 After the last step the post-processing is chosen on validation and the test split evaluated.
 """
 
+import contextlib
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -53,8 +56,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
                     'command again to resume')
   if step < run.total_steps or not config.final_eval:
     return None
-  chosen = tune.tune_postprocess(run.workdir, config) if config.tune_postprocess else None
-  post = (postprocess.PostProcess(chosen['threshold'], chosen['min_component_mm3'])
-          if chosen else True)
-  return evaluate_lib.evaluate_run(run.workdir, config, split='test', checkpoint='best',
-                                   write_predictions=config.write_predictions, post=post)
+  with _sigterm_stops('the post-processing choice and the test evaluation'):
+    chosen = tune.tune_postprocess(run.workdir, config) if config.tune_postprocess else None
+    post = (postprocess.PostProcess(chosen['threshold'], chosen['min_component_mm3'])
+            if chosen else True)
+    return evaluate_lib.evaluate_run(run.workdir, config, split='test', checkpoint='best',
+                                     write_predictions=config.write_predictions, post=post)
+
+
+@contextlib.contextmanager
+def _sigterm_stops(phase: str):
+  """SIGTERM during a phase after training raises Preempted (exit 75 from main): nothing of the
+  phase is left half-written, and the next start trains no step and redoes only this phase.
+  Under jax.distributed SIGTERM stays JAX's preemption notifier."""
+  if jax.distributed.is_initialized() or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def stop(signum, frame):
+    del signum, frame
+    raise Preempted(f'SIGTERM during {phase}: run the same command again to redo it')
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
