@@ -36,8 +36,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 def new_flags() -> flags.FlagValues:
-  """A command's own flag registry (`--help` / `-h` print it)."""
-  return flags.FlagValues()
+  """A command's own flag registry (`--help` / `-h` print it; `--debug` shows tracebacks)."""
+  flag_values = flags.FlagValues()
+  flags.DEFINE_bool('debug', False, 'On an error, show the full traceback instead of one line.',
+                    flag_values=flag_values)
+  return flag_values
 
 
 def deprecated_alias(flag_values: flags.FlagValues, old: str, new: str) -> None:
@@ -144,6 +147,8 @@ def run(flag_values: flags.FlagValues, argv: Sequence[str] | None, command: Call
   try:
     status = command(flag_values, extra) if passthrough else command(flag_values)
   except errors as e:
+    if flag_values['debug'].value:
+      raise
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_ERROR)
   return status if isinstance(status, int) else EXIT_OK

@@ -26,6 +26,8 @@ flags.DEFINE_multi_string('set', None, 'Config override key=value, for every fol
 
 def _crossval(f) -> None:
   from agmr_jax.evaluation import crossval  # pylint: disable=g-import-not-at-top  (JAX: after flags)
+  if f.folds and not all(k.strip().isdigit() for k in f.folds):
+    raise ValueError(f'--folds takes fold numbers such as 0,1,2; got {",".join(f.folds)}')
   folds = [int(k) for k in f.folds] if f.folds else None
   result = crossval.run_crossval(f.config, f.workdir_root, folds=folds, overrides=f.set or ())
   print(crossval.markdown(result))

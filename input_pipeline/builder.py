@@ -163,7 +163,10 @@ def build(*, source: str, layout: str, recipe: recipes_lib.Recipe, data_dir: str
   manual_dir = pathlib.Path(manual_dir).resolve()
   if not manual_dir.is_dir():
     raise DataError(manual_dir, 'manual_dir does not exist or is not a folder')
-  layouts.LAYOUTS[layout](manual_dir)  # fails fast, naming the folder, before TFDS starts
+  cases = layouts.LAYOUTS[layout](manual_dir)  # fails fast, naming the folder, before TFDS
+  if len(cases) < num_folds:
+    raise DataError(manual_dir, f'{len(cases)} case(s) cannot fill {num_folds} patient-level folds '
+                    '(num_folds / --num_folds / config.data.num_folds)')
   if not (pathlib.Path(builder.data_dir) / META_FILE).exists():
     logging.info('Building %s into %s', builder.builder_config.name, builder.data_dir)
   tfds.disable_progress_bar()  # carriage-return bars garble logs; cases are logged instead

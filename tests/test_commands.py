@@ -66,3 +66,32 @@ def test_compare_main_writes_its_three_files_and_refuses_to_replace_them(tmp_pat
   assert 'exists; pass --overwrite' in capsys.readouterr().err
   assert compare_command.main([*argv, '--overwrite']) == 0
   assert (tmp_path / 'table.md').read_text() == before
+
+
+def test_refusals_name_the_option_or_file(tmp_path, capsys, tiny_recipe):
+  """Messages that used to say nothing of where: fold numbers, a corrupt cases.csv, too few
+  cases for the folds."""
+  from agmr_jax import crossval as crossval_command  # pylint: disable=g-import-not-at-top
+  from input_pipeline import datasets  # pylint: disable=g-import-not-at-top
+  from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  from input_pipeline.errors import DataError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as exit_info:
+    crossval_command.main(['--config=configs/unet.py:tiny', f'--workdir_root={tmp_path}',
+                           '--folds=a'])
+  assert exit_info.value.code == 1
+  assert capsys.readouterr().err == 'error: --folds takes fold numbers such as 0,1,2; got a\n'
+  _write_eval(tmp_path / 'A', [_row('p0', 0.5)])
+  cases = tmp_path / 'A' / 'eval' / 'test' / 'cases.csv'
+  cases.write_text(cases.read_text().replace('0.5,', 'abc,', 1))
+  with pytest.raises(DataError, match=rf"{cases}: line 2, column 'dsc': 'abc' is not a number"):
+    report.read_cases(cases.parent)
+  raw = tmp_path / 'raw'
+  synthetic.write_dataset('synthetic_tiny', raw, 3)
+  with pytest.raises(DataError, match=rf'{raw}: 3 case\(s\) cannot fill 5 patient-level folds'):
+    datasets.prepare('nnunet', tiny_recipe, data_dir=tmp_path / 'data', manual_dir=raw)
+
+
+def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
+  with pytest.raises(FileNotFoundError, match='run folder does not exist'):
+    from agmr_jax import evaluate as evaluate_command  # pylint: disable=g-import-not-at-top
+    evaluate_command.main([f'--workdir={tmp_path / "nope"}', '--debug'])

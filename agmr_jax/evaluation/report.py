@@ -37,12 +37,15 @@ def read_cases(eval_dir: str | pathlib.Path) -> list[dict]:
     rows = list(csv.DictReader(f))
   if not rows or 'case_id' not in rows[0]:
     raise DataError(path, 'no case rows')
-  for row in rows:
+  for line, row in enumerate(rows, start=2):
     for key in row:
-      if key in metrics.METRICS:
-        row[key] = float(row[key])
-      elif key in metrics.COUNT_FIELDS:
-        row[key] = int(row[key])
+      try:
+        if key in metrics.METRICS:
+          row[key] = float(row[key])
+        elif key in metrics.COUNT_FIELDS:
+          row[key] = int(row[key])
+      except (TypeError, ValueError) as e:
+        raise DataError(path, f'line {line}, column {key!r}: {row[key]!r} is not a number') from e
   return rows
 
 
