@@ -42,6 +42,26 @@ def test_a_miss_and_a_false_positive():
   assert m['lesion_count_diff'] == 0 and m['volume_diff_ml'] == 0.0
 
 
+def test_one_hit_and_one_miss():
+  m = lesions.lesion_metrics(_vol(A), _vol(A, B))
+  assert (m['lesion_tp'], m['lesion_fp'], m['lesion_fn']) == (1, 0, 1)
+  assert m['lesion_f1'] == pytest.approx(2 / 3)
+  assert m['volume_diff_ml'] == pytest.approx(8 / 1000)  # 1 mm isotropic without a spacing
+
+
+def test_a_prediction_entirely_elsewhere_scores_zero():
+  m = lesions.lesion_metrics(_vol(C), _vol(A))  # one false positive, one miss, no hit
+  assert (m['lesion_tp'], m['lesion_fp'], m['lesion_fn'], m['lesion_f1']) == (0, 1, 1, 0.0)
+
+
+def test_components_are_26_connected_by_default():
+  corner = np.zeros((4, 4, 4), bool)
+  corner[1, 1, 1] = corner[2, 2, 2] = True
+  assert lesions.components(corner)[1] == 1
+  assert lesions.lesion_counts(corner, corner)['n_lesions_truth'] == 1
+  assert lesions.components(corner, connectivity=6)[1] == 2
+
+
 def test_one_voxel_of_overlap_is_a_hit():
   pred = _vol(((2, 3), (2, 3), (2, 3)))  # a single voxel inside A
   m = lesions.lesion_metrics(pred, _vol(A))

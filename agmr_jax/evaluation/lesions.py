@@ -36,10 +36,6 @@ DEFAULT = 'isles22'
 _STRUCTURE = {26: np.ones((3, 3, 3), bool), 6: ndimage.generate_binary_structure(3, 1)}
 
 
-def metric_names(variant: str = DEFAULT) -> tuple[str, ...]:
-  return ('lesion_f1', 'lesion_count_diff', VARIANTS[variant].volume_key)
-
-
 def components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
   """(labels, count) of a 3D mask's connected components (6- or 26-connected)."""
   if connectivity not in _STRUCTURE:
@@ -82,7 +78,7 @@ def lesion_metrics(pred, truth, spacing=None, *, variant: str = DEFAULT) -> dict
     f1 = tp / (tp + (fp + fn) / 2)
   voxels = abs(int(np.count_nonzero(truth)) - int(np.count_nonzero(pred)))
   if v.volume_unit == 'ml':
-    voxel_ml = float(np.prod(np.ones(3) if spacing is None else np.asarray(spacing, float))) / 1e3
+    voxel_ml = (1.0 if spacing is None else float(np.prod(np.asarray(spacing, float)))) / 1e3
     volume = voxels * voxel_ml
   else:
     volume = float(voxels)
