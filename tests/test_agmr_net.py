@@ -69,7 +69,6 @@ def table9_counts():
 def test_trainable_counts_match_table9(table9_counts):
   for kernels, count in table9_counts.items():
     print(f'\nAGMR-Net {kernels}: {count:,} trainable (Table 9: {TABLE9[kernels]:,})')
-    assert abs(count - TABLE9[kernels]) <= 0.05 * TABLE9[kernels]
     assert count == TABLE9[kernels]  # The structure documented in agmr_net.py lands exactly.
 
 
@@ -304,7 +303,8 @@ def test_modules_fit_dunet_factory_contracts():
 def test_bad_inputs_and_options_raise_clear_errors():
   with pytest.raises(ValueError, match='AGMRNet: input H and W must be multiples of 4'):
     _abstract(MODELS['agmr_net'](**TINY), (1, 30, 32, 4))
-  with pytest.raises(ValueError, match='multiple of 4'):  # the 3D stem pools 4 slices twice
+  with pytest.raises(ValueError, match=(  # the 3D stem pools 4 slices twice
+      'AGMRNet: the 3D stem pools the 2 input slices 2 times; need a multiple of 4')):
     _abstract(MODELS['agmr_net'](**TINY), (1, 32, 32, 2))
   with pytest.raises(ValueError, match=r"AGMRNet.fusion must be one of .*'sum'"):
     _abstract(MODELS['agmr_net'](fusion='sum', **TINY), (1, 32, 32, 4))
@@ -339,7 +339,7 @@ def test_config_rows_and_keys():
   c = agmr_config.get_config('row=t8_cff_r32,cff_ratio=16')  # explicit keys win
   assert c.model_kwargs.cff_ratio == 16 and c.model_kwargs.attention == 'none'
   assert agmr_config.get_config('cpa=False').model_kwargs.attention == 'none'
-  with pytest.raises(ValueError, match='row='):
+  with pytest.raises(ValueError, match=r"row= takes one of t5_baseline, .*; got \['t99'\]"):
     agmr_config.get_config('row=t99')
   demo = agmr_config.get_config('demo')
   assert tuple(demo.data.image_size) == (64, 64) and demo.batch_size == 8

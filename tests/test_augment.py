@@ -55,7 +55,7 @@ def test_rot90_is_exact():
   out = aug.Rot90(choices=(1,))(element, np.random.default_rng(0))
   np.testing.assert_array_equal(out['image'], np.rot90(element['image'], 1))
   np.testing.assert_array_equal(out['mask'], np.rot90(element['mask'], 1))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r'Rot90 needs square slices, got \(48, 40\)'):
     aug.Rot90()(_element(), np.random.default_rng(0))
 
 
@@ -145,9 +145,11 @@ def test_intensity_ops_touch_only_the_image():
   out = Augment.from_config({'brightness': {'delta': 0.5}, 'contrast': {'range': (2.0, 2.0)}})(
       element, np.random.default_rng(0))
   np.testing.assert_array_equal(out['mask'], element['mask'])
-  shift = out['image'] / 2.0 - element['image']
-  np.testing.assert_allclose(shift, shift[0, 0, 0], atol=1e-5)
-  assert 0 < abs(shift[0, 0, 0]) <= 0.5
+  # Probability 1 consumes no random number: brightness adds the generator's first U(-0.5, 0.5)
+  # draw, then contrast multiplies by its only value, 2.
+  delta = np.float32(np.random.default_rng(0).uniform(-0.5, 0.5))
+  np.testing.assert_allclose(out['image'], (element['image'] + delta) * 2.0, rtol=1e-6)
+  assert abs(delta) > 0.1  # a visible shift, so the check above tells it from no shift
 
 
 def test_config_building_and_presets():
@@ -157,15 +159,60 @@ def test_config_building_and_presets():
   affine = augment.ops[-1][1]
   assert affine.degrees == 90 and affine.scale == (0.8, 1.2) and affine.p_rotate == 0.5
   assert Augment.from_config((('rot90', {'p': 0.5}),)).ops[0][0] == 0.5
-  for preset in AUGMENT_PRESETS.values():
-    Augment.from_config(preset)(_element(64, 64), np.random.default_rng(0))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"unknown augmentation 'shear'; known: \['brightness', "):
     Augment.from_config({'shear': 0.5})
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"mask_mode must be one of \('nearest', 'linear'\), "
+                                       r"got 'cubic'"):
     Augment.from_config({'rotate': 1.0, 'mask_mode': 'cubic'})
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"rotate takes p and degrees, got \['degree'\]"):
     Augment.from_config({'rotate': {'p': 1.0, 'degree': 10}})
   assert Augment.from_config({'rotate': 1.0}).ops[0][1].degrees == 15.0
   clone = pickle.loads(pickle.dumps(augment))  # Grain workers pickle transforms
   np.testing.assert_array_equal(clone(_element(), np.random.default_rng(1))['image'],
                                 augment(_element(), np.random.default_rng(1))['image'])
+
+
+def _chain(augment):
+  """(op name, probability, the op's settings) per op of a chain."""
+  rows = []
+  for p, op in augment.ops:
+    settings = {k: v for k, v in vars(op).items() if k not in ('mask_mode', 'cval')}
+    rows.append((type(op).__name__, p, settings))
+  return rows
+
+
+def test_every_preset_builds_its_documented_chain():
+  assert _chain(Augment.from_config(AUGMENT_PRESETS['none'])) == []
+  assert _chain(Augment.from_config(AUGMENT_PRESETS['demo'])) == [
+      ('FlipH', 0.5, {}),
+      ('Affine', 1.0, {'degrees': 10.0, 'translate': 0.0, 'scale': (0.9, 1.1), 'p_rotate': 0.5,
+                       'p_scale': 0.5, 'p_translate': 1.0})]
+  assert _chain(Augment.from_config(AUGMENT_PRESETS['mdanet_rot90'])) == [
+      ('FlipH', 0.5, {}), ('FlipV', 0.5, {}), ('Rot90', 0.5, {'choices': (1, 3)}),
+      ('Affine', 1.0, {'degrees': 0.0, 'translate': 0.0, 'scale': (0.8, 1.2), 'p_rotate': 1.0,
+                       'p_scale': 0.5, 'p_translate': 1.0})]
+  assert _chain(Augment.from_config(AUGMENT_PRESETS['thesis'])) == [
+      ('FlipH', 0.5, {}), ('FlipV', 0.5, {}),
+      ('Affine', 1.0, {'degrees': 7.0, 'translate': 0.0, 'scale': None, 'p_rotate': 0.5,
+                       'p_scale': 1.0, 'p_translate': 1.0}),
+      ('Elastic', 0.25, {'alpha': 3.0, 'sigma': 12.0}), ('Brightness', 0.5, {'delta': 0.1}),
+      ('Contrast', 0.5, {'range': (0.9, 1.1)})]
+
+
+@pytest.mark.parametrize('name', sorted(AUGMENT_PRESETS))
+def test_every_preset_applies_to_a_square_slice(name):
+  """'none' is the identity; every other preset changes the slice in some of 8 draws, keeping
+  the image shape and dtype, the binary mask (lesion still present) and the other keys."""
+  augment = Augment.from_config(AUGMENT_PRESETS[name])
+  element = _element(64, 64)
+  changed = []
+  for seed in range(8):
+    out = augment(element, np.random.default_rng(seed))
+    assert out['image'].shape == (64, 64, C) and out['image'].dtype == np.float32
+    assert set(np.unique(out['mask'])) <= {0, 1} and out['mask'].any()
+    assert out['case_id'] == b'case-7' and out['slice_index'] == 3
+    changed.append(not np.array_equal(out['image'], element['image']))
+  if name == 'none':
+    assert not any(changed)
+  else:
+    assert any(changed)

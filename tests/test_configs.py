@@ -14,12 +14,16 @@ from input_pipeline import synthetic
 
 CONFIG_FILES = sorted(p.stem for p in pathlib.Path(__file__).parents[1].glob('configs/*.py')
                       if p.stem not in ('__init__', 'common'))
+# The default configs' global batch sizes (the papers' settings as each config file reads them).
+DEFAULT_BATCH_SIZES = {'agmr_net': 8, 'attention_unet': 8, 'clci_net': 8,
+                       'cross_attention_unet': 32, 'dunet': 8, 'mdanet': 16, 'unet': 8}
 
 
 @pytest.mark.parametrize('name', CONFIG_FILES)
 @pytest.mark.parametrize('variant', [None, 'tiny', 'demo'])
 def test_config_names_existing_parts(name, variant):
   c = importlib.import_module(f'configs.{name}').get_config(variant)
+  assert c.model == name  # each config file trains the network it is named after
   assert c.model in MODELS
   assert c.loss.name in objectives.OBJECTIVES
   assert c.data.recipe in recipes.RECIPES
@@ -28,7 +32,10 @@ def test_config_names_existing_parts(name, variant):
     assert c.data.dataset in synthetic.SYNTHETIC
   fields = MODELS[c.model].__dataclass_fields__
   assert set(c.model_kwargs) <= set(fields), set(c.model_kwargs) - set(fields)
-  assert c.batch_size % 8 == 0 or variant is None  # tiny/demo shard over the tests' 8 devices
+  if variant is None:
+    assert c.batch_size == DEFAULT_BATCH_SIZES[name]
+  else:  # tiny/demo shard their train and eval batches over the tests' 8 devices
+    assert c.batch_size % 8 == 0 and c.eval_batch_size % 8 == 0, (c.batch_size, c.eval_batch_size)
 
 
 def test_variant_parsing():

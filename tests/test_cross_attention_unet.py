@@ -6,6 +6,7 @@ The full tiny run through train.train_and_evaluate is left to the smoke command 
 docstring: compiling its init, step and evaluation costs about 80 s of CPU on this model."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -136,8 +137,28 @@ def test_deep_supervision_head_equals_upsample_then_conv():
   params = {'conv': {'conv': {'kernel': jnp.asarray(kernel[None, None], jnp.float32),
                               'bias': jnp.asarray(bias, jnp.float32)}}}
   out = DeepSupervisionHead(3, (16, 24)).apply({'params': params}, x)
-  up = np.asarray(jax.image.resize(x, (2, 16, 24, 6), method='bilinear'))
+  # Bilinear x8, half-pixel centres: output i reads input (i + 0.5) / 8 - 0.5, clamped to the edge.
+  up = np.einsum('ih,jw,bhwc->bijc', _bilinear_matrix(2, 16), _bilinear_matrix(3, 24),
+                 np.asarray(x, np.float64))
   np.testing.assert_allclose(out, up @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+
+def _bilinear_matrix(n_in, n_out):
+  """(n_out, n_in) weights of a half-pixel-centred linear resize (align_corners=False)."""
+  m = np.zeros((n_out, n_in))
+  for i in range(n_out):
+    src = min(max((i + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+    lo = min(int(src), n_in - 2)
+    m[i, lo], m[i, lo + 1] = lo + 1 - src, src - lo
+  return m
+
+
+def test_bilinear_matrix_by_hand():
+  # x4 from 2 pixels: sources i / 4 - 0.375 = -0.375, -0.125 (clamped to 0), 0.125 ... 0.875,
+  # 1.125, 1.375 (clamped to 1).
+  np.testing.assert_allclose(_bilinear_matrix(2, 8), [
+      [1, 0], [1, 0], [0.875, 0.125], [0.625, 0.375], [0.375, 0.625], [0.125, 0.875],
+      [0, 1], [0, 1]])
 
 
 # ----------------------------------------------------------------------------- contour class
@@ -213,7 +234,12 @@ def test_ct_loss_is_the_weighted_sum_of_per_head_weighted_cross_entropies():
   per_head = [_ce_ref(h, mask, (0.7, 2.0, 7.0)) for h in heads]
   expected = sum(w * l for w, l in zip(objectives_thesis.DS_WEIGHTS, per_head))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  assert 0.0 <= float(metrics['dice']) <= 1.0
+  np.testing.assert_allclose(metrics['loss_final'], per_head[-1].mean(), rtol=1e-5)
+  # 'dice': hard Dice of the final head per slice, lesion = any non-background class.
+  pred, truth = heads[-1].argmax(-1) > 0, mask > 0
+  dice = [2 * (p & t).sum() / (p.sum() + t.sum()) for p, t in zip(pred, truth)]
+  assert 0.2 < np.mean(dice) < 0.95  # a non-trivial overlap on this draw
+  np.testing.assert_allclose(metrics['dice'], np.mean(dice), rtol=1e-6)
 
 
 def test_without_deep_supervision_heads_the_final_loss_has_weight_one():
@@ -272,7 +298,8 @@ def test_config_ablation_rows_and_variants():
   assert binary.model_kwargs.num_classes == 1 and binary.loss.name == 'thesis_focal'
   assert (mri.optimizer.warmup_epochs, mri.num_epochs, mri.batch_size) == (90.0, 600.0, 32)
   assert recipes.RECIPES[ct.data.recipe].contour
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=re.escape(
+      "'binary' is a CT variant (the MRI model is binary already)")):
     config_lib.get_config('binary')
 
 

@@ -91,10 +91,17 @@ def test_two_processes_match_one_process_with_four_devices(runs):
   assert helpers.max_abs_difference(two['params'], earlier['params']) > 100 * ATOL
 
 
-def test_local_launcher_requires_main_arguments(capsys):
-  with pytest.raises(SystemExit):
-    local.main(['--num_processes', '2'])
-  assert '--config' in capsys.readouterr().err
+@pytest.mark.parametrize('argv', [['--num_processes', '2'],
+                                  ['--num_processes', '2', '--', '--config=configs/unet.py']])
+def test_local_launcher_requires_main_arguments(capsys, argv):
+  """Without --config and --workdir for agmr_jax.main: a usage error (exit status 2), no run."""
+  with pytest.raises(SystemExit, match='^2$') as info:  # str(SystemExit) is its exit status
+    local.main(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith('usage: python -m launch.local --num_processes N [options] -- ')
+  assert ('python -m launch.local: error: pass the agmr_jax.main arguments after --, at least '
+          '--config=... --workdir=...') in err
 
 
 def test_process_env_gives_each_process_its_devices():

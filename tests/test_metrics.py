@@ -1,6 +1,7 @@
 """agmr_jax.metrics: hand-made cases, empty conventions, brute force and medpy as oracles."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -142,14 +143,15 @@ def test_one_empty():
     assert all(math.isnan(row[name]) for name in metrics.DISTANCE_METRICS)
   assert pred_empty['empty'] == 'pred' and pred_empty['rvd'] == -1.0
   assert truth_empty['empty'] == 'truth' and math.isnan(truth_empty['rvd'])
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='surface distances need two non-empty masks'):
     metrics.surface_distances(z, m, SPACING)
 
 
 def test_bad_inputs():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=re.escape(
+      'prediction (3, 3, 3) and truth (3, 3, 4) differ in shape')):
     metrics.case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r'^spacing \(.*1\.0.*\) does not have 3 entries$'):
     metrics.case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1.0, 1.0))
 
 

@@ -2,17 +2,21 @@
 parameter-tree order, mixed precision, and the deterministic pooling helpers."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from agmr_jax.inference import loading
 from agmr_jax.models import MODELS
 from agmr_jax.models import dunet as dunet_lib
 from agmr_jax.models import layers
 from agmr_jax.models.util import count_params
+from input_pipeline import recipes
 
 KEY = jax.random.PRNGKey(0)
 # Tiny variants: 3 levels at 32x32 keep forward passes to seconds on 2 CPU cores.
@@ -53,11 +57,30 @@ def _random_variables(model, x, seed=0):
 
 
 def test_registry_builds_every_model_with_overrides():
-  assert {'unet', 'attention_unet', 'dunet'} <= set(MODELS)
-  for name in ('unet', 'attention_unet', 'dunet'):
-    model = MODELS[name](num_classes=3, dtype=jnp.bfloat16)
-    assert model.num_classes == 3 and model.dtype == jnp.bfloat16
-    assert 'features' in MODELS[name].__dataclass_fields__  # train.py inspects fields
+  """loading.build_model (what training and prediction call) builds each network from a
+  config's model_kwargs and compute_dtype; these networks take no modality groups, so a recipe
+  that has some (mdanet_isles2022) passes none to them."""
+  assert set(MODELS) == {'unet', 'attention_unet', 'dunet', 'mdanet', 'agmr_net', 'clci_net',
+                         'cross_attention_unet'}
+  recipe = recipes.RECIPES['mdanet_isles2022']
+  assert recipe.groups == (1, 1)
+  heads = {'unet': ('2_head', '0_down_1'), 'attention_unet': ('2_head', '0_down_1'),
+           'dunet': ('3_head', '1_down_1')}
+  for name, (head, first) in heads.items():
+    config = ml_collections.ConfigDict({
+        'model': name, 'model_kwargs': {'num_classes': 3, **TINY[name]},
+        'compute_dtype': 'bfloat16'})
+    model = loading.build_model(config, recipe)
+    assert type(model) is MODELS[name]
+    variables = _abstract_variables(model, (2, 32, 32, 4))
+    assert variables['params'][head]['conv']['kernel'].shape == (1, 1, 4, 3)  # features[0] -> 3
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
+    out, state = jax.eval_shape(
+        functools.partial(model.apply, train=False, capture_intermediates=True,
+                          mutable=['intermediates']), variables, jnp.zeros((2, 32, 32, 4)))
+    assert out['logits'].shape == (2, 32, 32, 3) and out['logits'].dtype == jnp.float32
+    # The bfloat16 override reaches the layers: the first stage computes in bfloat16.
+    assert state['intermediates'][first]['__call__'][0].dtype == jnp.bfloat16
 
 
 def test_dunet_parameter_count_is_exactly_the_papers():
@@ -134,16 +157,22 @@ def test_forward_shapes_train_and_eval(name):
 
 @pytest.mark.parametrize('name', ['unet', 'attention_unet', 'dunet'])
 def test_input_not_divisible_raises_clear_error(name):
-  with pytest.raises(ValueError, match='multiples of 16'):
+  cls = MODELS[name].__name__
+  with pytest.raises(ValueError, match=re.escape(
+      f'{cls}: input H and W must be multiples of 16 (one halving per pooling), got 40x40; '
+      'crop or pad the slices.')):
     _abstract_variables(MODELS[name](), (1, 40, 40, 4))
-  with pytest.raises(ValueError, match='multiples of 4'):
+  with pytest.raises(ValueError, match=re.escape(
+      f'{cls}: input H and W must be multiples of 4 (one halving per pooling), got 30x32')):
     _abstract_variables(MODELS[name](**TINY[name]), (1, 30, 32, 4))
 
 
 def test_dunet_rejects_depth_its_3d_stem_cannot_pool():
-  with pytest.raises(ValueError, match='multiple of 4'):
+  with pytest.raises(ValueError, match=re.escape(
+      'DUNet: the 3D stem pools the 2 input slices 2 times; need a multiple of 4')):
     _abstract_variables(MODELS['dunet'](), (1, 192, 192, 2))
-  with pytest.raises(ValueError, match='fusion_levels'):
+  with pytest.raises(ValueError, match=re.escape(
+      'DUNet: fusion_levels [4] outside the 3D stem levels 1..3')):
     _abstract_variables(MODELS['dunet'](fusion_levels=(4,)), (1, 192, 192, 4))
 
 
@@ -200,9 +229,11 @@ def test_max_pool_2x2_matches_nn_max_pool_and_has_finite_gradient():
 
 
 def test_max_pool_odd_size_raises():
-  with pytest.raises(ValueError, match='even'):
+  with pytest.raises(ValueError, match=re.escape(
+      'max_pool_2x2 needs even spatial sizes, got (5, 4) (input shape (1, 5, 4, 1))')):
     layers.max_pool_2x2(jnp.zeros((1, 5, 4, 1)))
-  with pytest.raises(ValueError, match='even'):
+  with pytest.raises(ValueError, match=re.escape(
+      'max_pool_2x2x2 needs even spatial sizes, got (3, 4, 4) (input shape (1, 3, 4, 4, 1))')):
     layers.max_pool_2x2x2(jnp.zeros((1, 3, 4, 4, 1)))
 
 
@@ -211,8 +242,24 @@ def test_upsampling_helpers():
   near = layers.upsample_nearest_2x(x)
   np.testing.assert_array_equal(near, jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
   np.testing.assert_array_equal(near, jax.image.resize(x, (2, 6, 10, 4), 'nearest'))
-  bil = layers.upsample_bilinear_2x(x.astype(jnp.bfloat16))
-  assert bil.shape == (2, 6, 10, 4) and bil.dtype == jnp.bfloat16
+  # Bilinear with half-pixel centres (align_corners=False): output i samples input (i - 0.5) / 2,
+  # clamped to the edge pixels; for 3 inputs (a, b, c) the rows below.
+  up3 = np.array([[1, 0, 0], [.75, .25, 0], [.25, .75, 0], [0, .75, .25], [0, .25, .75],
+                  [0, 0, 1]])
+  up5 = np.zeros((10, 5))
+  for i in range(10):
+    src = min(max((i - 0.5) / 2, 0.0), 4.0)
+    lo = min(int(src), 3)
+    up5[i, lo], up5[i, lo + 1] = lo + 1 - src, src - lo
+  expected = np.einsum('ih,jw,bhwc->bijc', up3, up5, np.asarray(x, np.float64))
+  np.testing.assert_allclose(layers.upsample_bilinear_2x(x), expected, rtol=1e-5, atol=1e-6)
+  # Small integers: every interpolated value is a multiple of 1/16, exact in bfloat16.
+  ints = jnp.asarray(np.random.default_rng(0).integers(-8, 8, size=(2, 3, 5, 4)), jnp.bfloat16)
+  bil = layers.upsample_bilinear_2x(ints)
+  assert bil.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(bil, np.float64),
+      np.einsum('ih,jw,bhwc->bijc', up3, up5, np.asarray(ints, np.float64)))
 
 
 def test_squeeze_excite_has_two_bias_free_dense_layers():

@@ -1,6 +1,7 @@
 """Tests for input_pipeline.recipes: shapes, offsets, normalisation, contour class, inverse."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_geometry_round_trip():
   assert SliceGeometry.from_array(vector) == geometry
   padded = SliceGeometry((5, 6, 7), (-3, -1, 12, 8), (16, 16))
   assert SliceGeometry.from_array(padded.to_array()) == padded
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='geometry vector needs 9 values, got 4'):
     SliceGeometry.from_array(np.zeros(4, np.int64))
 
 
@@ -175,18 +176,19 @@ def test_modality_selection_and_validation():
   image = np.stack([np.full((X, Y, Z), v, np.float32) for v in (1, 2, 3)])
   images = recipe.forward(image, modality_names=('cbf', 'CBV', 'TMAX')).images
   np.testing.assert_array_equal(images[0, 0, 0], [3, 1])
-  with pytest.raises(KeyError):
+  with pytest.raises(KeyError, match=re.escape(
+      "t: modalities ['Tmax'] not among ['CBF', 'CBV', 'MTT']")):
     recipe.forward(image, modality_names=('CBF', 'CBV', 'MTT'))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='t: expected 2 modalities, got 3'):
     recipe.forward(image)  # 3 channels for 2 modalities
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=re.escape('bad: offsets (-1, 1) must contain 0')):
     Recipe('bad', ('A',), crop=None, size=(8, 8), offsets=(-1, 1))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=re.escape('bad: groups (1, 2) do not sum to 2')):
     Recipe('bad', ('A', 'B'), crop=None, size=(8, 8), groups=(1, 2))
 
 
 def test_storage_dtype():
   recipe = RECIPES['agmr_2p5d']
   assert recipe.to_storage(np.ones((2, 2), np.float32)).dtype == np.float16
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='agmr_2p5d: images overflow float16'):
     recipe.to_storage(np.full((2, 2), 1e6, np.float32))

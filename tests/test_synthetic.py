@@ -7,6 +7,7 @@ the per-subject write times.
 import json
 import os
 import pathlib
+import re
 import time
 
 import nibabel as nib
@@ -59,7 +60,8 @@ def test_registry():
       'synthetic_atlas': 'atlas_r12', 'synthetic_isles2018': 'isles2018',
       'synthetic_isles2022': 'isles2022', 'synthetic_isles2017': 'isles2017',
       'synthetic_tiny': 'nnunet', 'synthetic_tiny_ct': 'nnunet', 'synthetic_tiny_mri': 'nnunet'}
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="unknown synthetic dataset 'synthetic_nope'; known: "
+                                       'synthetic_atlas, synthetic_isles2017, '):
     synthetic.write_dataset('synthetic_nope', '/nonexistent/x', 1)
 
 
@@ -247,7 +249,8 @@ def test_refuses_to_overwrite(tmp_path):
   root = tmp_path / 'data'
   root.mkdir()
   (root / 'keep.txt').write_text('mine')
-  with pytest.raises(FileExistsError):
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"refusing to overwrite a non-empty path: '{root}'")):
     synthetic.write_dataset('synthetic_isles2022', root, 1)
   assert os.listdir(root) == ['keep.txt']
   assert sorted(os.listdir(tmp_path)) == ['data']  # no temp folder left behind
