@@ -12,7 +12,8 @@ from input_pipeline.errors import DataError
 from input_pipeline.layouts import Case
 
 SHAPE = (8, 9, 5)
-AFFINE = np.array([[-1.5, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 3.0, -72], [0, 0, 0, 1]])
+# RAS+ (volumes are read in RAS+ order; tests/test_orientation.py covers the other orientations).
+AFFINE = np.array([[1.5, 0, 0, -90], [0, 2.0, 0, -126], [0, 0, 3.0, -72], [0, 0, 0, 1]])
 
 
 def _write(path, data, affine=AFFINE, dtype=None):
