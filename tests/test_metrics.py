@@ -238,3 +238,44 @@ def test_summarize_real_rows():
   s = metrics.summarize(rows)
   assert s['hd95']['n'] == 3 and s['hd95']['num_nan'] == 1 and s['num_both_empty'] == 1
   assert s['dsc']['n'] == 4
+
+
+def _plus_and_square():
+  """A 3D plus-shaped truth and a filled square prediction: their surfaces (and so HD95 and ASD)
+  differ between the 6- and the 18-neighbourhood erosions."""
+  truth = np.zeros((9, 9, 5), bool)
+  truth[2:7, 4, 1:4] = truth[4, 2:7, 1:4] = True
+  pred = np.zeros_like(truth)
+  pred[2:7, 2:7, 1:4] = True
+  return pred, truth
+
+
+def test_distances_default_to_medpys_6_neighbourhood_and_accept_every_connectivity():
+  pred, truth = _plus_and_square()
+  default = metrics.case_metrics(pred, truth, (1.0, 1.0, 2.0))
+  six = metrics.case_metrics(pred, truth, (1.0, 1.0, 2.0), connectivity=1)
+  eighteen = metrics.case_metrics(pred, truth, (1.0, 1.0, 2.0), connectivity=2)
+  assert default['asd'] == six['asd'] != eighteen['asd']
+  _, d_truth = metrics.surface_distances(pred, truth, (1.0, 1.0, 2.0))
+  assert len(d_truth) == 26  # The plus's surface under the 6-neighbourhood erosion...
+  np.testing.assert_array_equal(
+      d_truth, metrics.surface_distances(pred, truth, (1.0, 1.0, 2.0), connectivity=1)[1])
+  assert len(metrics.surface_distances(pred, truth, (1.0, 1.0, 2.0), connectivity=2)[1]) == 27
+  assert metrics.case_metrics(pred, truth, connectivity=3)['asd'] > 0
+
+
+def test_lesion_metrics_only_for_3d_volumes_and_when_asked():
+  flat = np.zeros((6, 6), bool)
+  flat[1:3, 1:3] = True
+  row = metrics.case_metrics(flat, flat)
+  assert row['dsc'] == 1.0 and 'lesion_f1' not in row
+  vol = flat[..., None].repeat(3, axis=2)
+  assert 'lesion_f1' not in metrics.case_metrics(vol, vol, lesion_variant=None)
+  assert metrics.case_metrics(vol, vol)['lesion_f1'] == 1.0
+
+
+def test_summaries_of_rows_without_voxel_counts_have_no_global_dsc():
+  rows = [{'dsc': 0.5, 'empty': 'none'}, {'dsc': 1.0, 'empty': 'both'}]
+  summary = metrics.summarize(rows)
+  assert 'global_dsc' not in summary and summary['dsc']['mean'] == 0.75
+  assert 'global_dsc' not in metrics.summarize([])
