@@ -81,6 +81,34 @@ def test_tally_ties_keep_the_plain_threshold():
   assert tally.best() == (PostProcess(0.4, 0.0), 1.0)
 
 
+def test_ties_prefer_the_threshold_nearest_0_5_from_either_side():
+  lesion = np.zeros((6, 6, 6), bool)
+  lesion[2:4, 2:4, 2:4] = True
+  tally = tune.Tally([PostProcess(0.7, 0.0), PostProcess(0.45, 0.0)])
+  tally.add(lesion * np.float32(0.95), lesion, (1, 1, 1))  # both score 1
+  assert tally.best() == (PostProcess(0.45, 0.0), 1.0)
+
+
+def test_an_empty_tally_is_refused_even_with_one_candidate():
+  with pytest.raises(ValueError, match='no cases were added'):
+    tune.Tally([PostProcess()]).means()
+  with pytest.raises(ValueError, match='no post-processing candidates'):
+    tune.Tally([])
+
+
+def test_components_under_a_sub_millimetre_volume_go_on_fine_grids():
+  mask = np.zeros((8, 8, 8), bool)
+  mask[1, 1, 1] = True  # one voxel of 0.125 mm3
+  mask[4:6, 4:6, 4:6] = True  # eight voxels, 1 mm3
+  kept = postprocess.remove_small_components(mask, (0.5, 0.5, 0.5), 0.5)
+  assert not kept[1, 1, 1] and kept[4:6, 4:6, 4:6].all() and kept.sum() == 8
+
+
+def test_one_runs_choice_is_its_own(tmp_path):
+  postprocess.save(tmp_path, PostProcess(0.3, 200.0))
+  assert postprocess.load_shared([tmp_path]) == (PostProcess(0.3, 200.0), "the run's choice")
+
+
 def test_save_and_load(tmp_path):
   assert postprocess.load(tmp_path) == PostProcess()  # nothing chosen: threshold 0.5
   postprocess.save(tmp_path, PostProcess(0.4, 200.0), step=7)
