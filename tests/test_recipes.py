@@ -192,3 +192,22 @@ def test_storage_dtype():
   assert recipe.to_storage(np.ones((2, 2), np.float32)).dtype == np.float16
   with pytest.raises(ValueError, match='agmr_2p5d: images overflow float16'):
     recipe.to_storage(np.full((2, 2), 1e6, np.float32))
+
+
+def test_linear_resize_by_hand_with_clamped_edges():
+  """Half-pixel centres: 2 -> 4 samples at source positions -0.25, 0.25, 0.75, 1.25, clamped to
+  [0, 1]; so the edges repeat the end values exactly."""
+  ramp = np.array([[0.0, 8.0]], np.float32)
+  np.testing.assert_array_equal(recipes.resize_linear(ramp, (1, 4)), [[0.0, 2.0, 6.0, 8.0]])
+  # 4 -> 2: positions 0.5 and 2.5.
+  np.testing.assert_array_equal(recipes.resize_linear(np.array([[0, 2, 4, 6]], np.float32),
+                                                      (1, 2)), [[1.0, 5.0]])
+
+
+def test_open_modalities_and_empty_volumes_pass_through():
+  image = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+  open_recipe = dataclasses.replace(RECIPES['tiny_2p5d'], modalities=None)
+  np.testing.assert_array_equal(open_recipe.select(image, ['a', 'b']), image)
+  empty = np.zeros((3, 4, 5), np.float32)
+  np.testing.assert_array_equal(recipes.normalize_volume(empty, 'zscore'), empty)
+  np.testing.assert_array_equal(recipes.normalize_volume(empty, 'minmax'), empty)
