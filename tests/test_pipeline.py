@@ -258,3 +258,9 @@ def test_records_of_another_source_folder_are_never_reused(tmp_path, tiny_recipe
   assert datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=first) not in (a, b)
   with pytest.raises(DataError, match='manual_dir does not exist'):
     datasets.prepare('nnunet', tiny_recipe, data_dir=data_dir, manual_dir=tmp_path / 'nope')
+
+
+def test_split_folds_of_the_default_and_a_cross_validation_protocol(tiny_built):
+  ds = pipeline.SliceDataset(tiny_built)
+  assert ds.split_folds(4, 3) == {'train': [0, 1, 2], 'validation': [3], 'test': [4]}
+  assert ds.split_folds(1, None) == {'train': [0, 2, 3, 4], 'test': [1]}
