@@ -264,3 +264,10 @@ def test_split_folds_of_the_default_and_a_cross_validation_protocol(tiny_built):
   ds = pipeline.SliceDataset(tiny_built)
   assert ds.split_folds(4, 3) == {'train': [0, 1, 2], 'validation': [3], 'test': [4]}
   assert ds.split_folds(1, None) == {'train': [0, 2, 3, 4], 'test': [1]}
+
+
+def test_one_lesion_pixel_is_a_lesion_slice_and_factor_2_oversamples(tiny_built):
+  np.testing.assert_array_equal(pipeline.lesion_repeats(np.array([0, 1, 5]), 3), [1, 3, 3])
+  ds = pipeline.SliceDataset(tiny_built)
+  source, pixels = ds.source([0]), ds.lesion_pixels([0])
+  assert len(pipeline.oversample_lesions(source, pixels, 2)) == len(source) + int((pixels > 0).sum())
