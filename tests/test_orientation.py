@@ -59,6 +59,7 @@ def test_orientation_round_trip_is_exact():
   ras, ras_affine, ornt = orientation.to_ras(data, affine)
   assert ras.shape == (5, 4, 3) and nib.aff2axcodes(ras_affine) == ('R', 'A', 'S')
   np.testing.assert_array_equal(orientation.from_ras(ras, ornt), data)
+  assert orientation.from_ras(data, None) is data  # RAS+ already: untouched
   assert orientation.permuted_spacing((1.0, 1.5, 2.0), ornt) == (2.0, 1.5, 1.0)
 
 

@@ -219,6 +219,10 @@ def test_case_balanced_oversampling_by_hand():
                                 [1, 3, 3, 3, 3, 1])
   with pytest.raises(ValueError, match='2 case ids for 8 records'):
     pipeline.lesion_repeats(pixels, 2, ['a', 'b'])
+  # A case without lesion slices does not lower the mean the others are balanced against.
+  np.testing.assert_array_equal(
+      pipeline.lesion_repeats(np.concatenate([pixels, [0, 0]]), 2, cases + ['c', 'c']),
+      [1, 1, 1, 1, 1, 1, 4, 1, 1, 1])
 
 
 def test_worker_processes_yield_the_same_batches(tiny_built):
