@@ -275,3 +275,13 @@ def test_one_lesion_pixel_is_a_lesion_slice_and_factor_2_oversamples(tiny_built)
   ds = pipeline.SliceDataset(tiny_built)
   source, pixels = ds.source([0]), ds.lesion_pixels([0])
   assert len(pipeline.oversample_lesions(source, pixels, 2)) == len(source) + int((pixels > 0).sum())
+
+
+def test_as_many_processes_as_records_each_read_one(tiny_built):
+  source = pipeline.SliceDataset(tiny_built).source([0])
+  n = len(source)
+  last = pipeline.train_dataset(source, batch_size=1, seed=0, process_index=n - 1,
+                                process_count=n)
+  assert _elements(last, 0, 1)[0]['image'].shape == source[0]['image'].shape  # one per epoch
+  with pytest.raises(ValueError, match=f'{n} records cannot be sharded over {n + 1} processes'):
+    pipeline.train_dataset(source, batch_size=1, seed=0, process_count=n + 1)
