@@ -98,14 +98,6 @@ def split_spec(spec: str) -> tuple[str, str]:
   return path, variant
 
 
-def get_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
-  """`get_config(variant)` of the spec's file, then every 'key=value' override applied."""
-  path, variant = split_spec(spec)
-  config = load_module(path).get_config(variant or None)
-  apply_overrides(config, overrides)
-  return config
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
   """'batch_size=16', 'data.image_size=(96, 96)': dotted fields set as --config.x=y sets them."""
   for item in overrides:
