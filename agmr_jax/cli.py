@@ -15,10 +15,18 @@ or a positional argument is one `error: ...` line and exit status 2; an expected
 user's files or values (USER_ERRORS) is one `error: ...` line and status 1, never a traceback.
 Old spellings stay accepted through `deprecated_alias`, with a one-line notice. The same option
 means the same everywhere: --workdir, --out, --tta, --overwrite, --checkpoint.
+
+SIGTERM (a scheduler's stop, `kill`) raises `Terminated` in the command, so every `finally` and
+context manager runs (staging folders of predict, evaluate and build are removed, nothing
+half-written is left), then exits 75 (runtime.EXIT_PREEMPTED: "run the same command again").
+Training installs its own handler while it trains (it saves a checkpoint first).
 """
 
+import contextlib
 import pathlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +34,7 @@ from absl import flags
 from absl import logging
 
 from agmr_jax import logs
+from agmr_jax import runtime
 from input_pipeline.errors import DataError
 
 # Problems a user can fix (bad or missing files, existing outputs, bad flag values).
@@ -33,6 +42,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     DataError, FileNotFoundError, FileExistsError, ValueError, KeyError)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class Terminated(BaseException):
+  """SIGTERM arrived; a BaseException so that no `except Exception` of a command swallows it."""
 
 
 def new_flags() -> flags.FlagValues:
@@ -145,13 +158,37 @@ def run(flag_values: flags.FlagValues, argv: Sequence[str] | None, command: Call
   extra = parse(flag_values, argv, passthrough=passthrough)
   setup_logging()
   try:
-    status = command(flag_values, extra) if passthrough else command(flag_values)
+    with _sigterm_raises():
+      status = command(flag_values, extra) if passthrough else command(flag_values)
   except errors as e:
     if flag_values['debug'].value:
       raise
     print(f'error: {e}', file=sys.stderr)
     sys.exit(EXIT_ERROR)
+  except Terminated:
+    print('error: stopped by SIGTERM; nothing half-written was kept: run the same command again',
+          file=sys.stderr)
+    sys.exit(runtime.EXIT_PREEMPTED)
   return status if isinstance(status, int) else EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+  """SIGTERM -> Terminated while the command runs (main thread only; the previous handler is
+  restored after). A handler installed inside (training's, jax.distributed's) takes precedence."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def stop(signum, frame):
+    del signum, frame
+    raise Terminated()
+
+  previous = signal.signal(signal.SIGTERM, stop)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def entry(main: Callable[[Sequence[str] | None], int]) -> None:

@@ -1,9 +1,11 @@
 """agmr_jax.predict: NIfTI in, masks out, identical to what evaluate scored; bad input refused."""
 
 import dataclasses
+import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -249,3 +251,32 @@ def test_main_writes_the_masks_of_the_library_call(run, predicted, tmp_path, cap
                           f'--workdir={workdir}'])
   assert exit_info.value.code == 1
   assert capsys.readouterr().err.startswith(f'error: {tmp_path / "out" / case}.nii.gz: exists')
+
+
+def test_sigterm_during_prediction_removes_the_staging_folder(run, predicted, tmp_path, capsys,
+                                                             monkeypatch):
+  """SIGTERM in the middle of a case: exit 75, one line, OUT as it was (here: an earlier mask)."""
+  workdir, rows = run
+  root, _ = predicted
+  (tmp_path / 'in').mkdir()
+  for row in rows[:2]:
+    shutil.copy(root / 'in' / f"{row['case_id']}_0000.nii.gz", tmp_path / 'in')
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'keep.txt').write_text('a file of the user')
+  real = predict._predict_case
+
+  def terminated_during_case(case, *args, **kwargs):
+    result = real(case, *args, **kwargs)  # the first case's outputs are staged ...
+    os.kill(os.getpid(), signal.SIGTERM)  # ... then the scheduler stops the job
+    return result
+
+  monkeypatch.setattr(predict, '_predict_case', terminated_during_case)
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as exit_info:
+    predict_command.main(['-i', str(tmp_path / 'in'), '-o', str(out), f'--workdir={workdir}'])
+  assert exit_info.value.code == 75
+  err = capsys.readouterr().err
+  assert 'error: stopped by SIGTERM' in err and 'Traceback' not in err
+  assert sorted(p.name for p in out.iterdir()) == ['keep.txt']
+  assert signal.getsignal(signal.SIGTERM) is handler  # the command's handler is gone again
