@@ -1,7 +1,10 @@
 """A run's data: its slice records (built when missing) and the recipe they were made with."""
 
+import pathlib
+
 import jax
 import ml_collections
+from absl import logging
 
 from agmr_jax import runs
 from input_pipeline import datasets
@@ -12,6 +15,29 @@ from input_pipeline import recipes
 def recipe_of(dataset: pipeline.SliceDataset) -> recipes.Recipe:
   """The recipe the records were built with (as stored in their metadata)."""
   return recipes.Recipe(**runs.tuples(dataset.meta['recipe']))
+
+
+def records_identity(dataset: pipeline.SliceDataset) -> dict:
+  """What names a run's data: the records' name (their source's fingerprint and the recipe's
+  digest, input_pipeline.builder.config_name), the source and the folder the cases were read from."""
+  return {'name': dataset.path.parent.name, 'source': dataset.meta['source'],
+          'manual_dir': dataset.meta['manual_dir']}
+
+
+def check_same_records(workdir, dataset: pipeline.SliceDataset) -> bool:
+  """Warns (and returns False) when `dataset` is not the records the run in `workdir` was trained
+  on: the source folder changed since (files added, edited or removed) or another was given."""
+  trained = runs.read_records(workdir)
+  now = records_identity(dataset)
+  if trained is None or trained['name'] == now['name']:
+    return True
+  logging.warning(
+      '%s: the run was trained on records %s (cases from %s) but the data read now are %s '
+      '(cases from %s): the source folder changed since training or another one is given, so '
+      'these results are not on the data the run was trained and validated on',
+      pathlib.Path(workdir) / runs.RECIPE, trained['name'], trained['manual_dir'], now['name'],
+      now['manual_dir'])
+  return False
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> pipeline.SliceDataset:

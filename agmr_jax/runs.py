@@ -174,12 +174,30 @@ def recipe_from_config(config: ml_collections.ConfigDict) -> recipes.Recipe:
   return recipe
 
 
-def write_recipe(workdir, recipe: recipes.Recipe) -> None:
-  """recipe.json: the records' recipe, so evaluation and prediction never rebuild data to learn it."""
-  (pathlib.Path(workdir) / RECIPE).write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
+def write_recipe(workdir, recipe: recipes.Recipe, records: dict | None = None) -> None:
+  """recipe.json: the records' recipe, so evaluation and prediction never rebuild data to learn it,
+  and which records the run was trained on (`records`: data.records_identity), so evaluation can
+  tell when the data it reads are not those."""
+  content = {'recipe': dataclasses.asdict(recipe), 'records': records}
+  (pathlib.Path(workdir) / RECIPE).write_text(json.dumps(content, indent=2))
+
+
+def _read_recipe_file(workdir) -> dict | None:
+  path = pathlib.Path(workdir) / RECIPE
+  if not path.exists():
+    return None
+  content = _read_json(path)
+  # Before the records were recorded, recipe.json held the recipe's fields alone.
+  return content if 'recipe' in content else {'recipe': content, 'records': None}
 
 
 def read_recipe(workdir) -> recipes.Recipe | None:
   """The recipe.json training wrote, or None (a run trained before recipe.json existed)."""
-  path = pathlib.Path(workdir) / RECIPE
-  return recipes.Recipe(**tuples(_read_json(path))) if path.exists() else None
+  content = _read_recipe_file(workdir)
+  return recipes.Recipe(**tuples(content['recipe'])) if content else None
+
+
+def read_records(workdir) -> dict | None:
+  """Which records the run was trained on (data.records_identity), or None if not recorded."""
+  content = _read_recipe_file(workdir)
+  return content['records'] if content else None

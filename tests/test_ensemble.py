@@ -111,7 +111,7 @@ def test_members_must_share_the_recipe(two_runs, tmp_path):
   other = tmp_path / 'other'
   shutil.copytree(first, other, ignore=shutil.ignore_patterns('eval'))
   recipe = json.loads((other / 'recipe.json').read_text())
-  recipe['size'] = [16, 16]
+  recipe['recipe']['size'] = [16, 16]
   (other / 'recipe.json').write_text(json.dumps(recipe))
   with pytest.raises(ValueError, match=r"recipe field 'size' is \(16, 16\)"):
     loading.resolve_members([first, other])

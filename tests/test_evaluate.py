@@ -58,6 +58,27 @@ def run(tiny_built, data_dir):
   return trained_run(data_dir)
 
 
+def test_evaluation_warns_when_the_records_are_not_the_trained_ones(run, tmp_path, caplog):
+  workdir, _ = run
+  copy = tmp_path / 'run'
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns('eval', 'checkpoints'))
+  config = runs.load_config(copy)
+  evaluate.open_splits(config, copy)
+  assert 'the run was trained on records' not in caplog.text  # the same records: no word
+  stored = json.loads((copy / 'recipe.json').read_text())
+  trained_name = stored['records']['name']
+  stored['records'] = {**stored['records'], 'name': 'atlas_r12-0badf00d-x', 'manual_dir': '/old'}
+  (copy / 'recipe.json').write_text(json.dumps(stored))
+  dataset, _ = evaluate.open_splits(config, copy)
+  assert (f'{copy / "recipe.json"}: the run was trained on records atlas_r12-0badf00d-x (cases '
+          f'from /old) but the data read now are {trained_name}') in caplog.text
+  assert not data.check_same_records(copy, dataset)
+  # A run from before the records were recorded: recipe.json holds the recipe's fields alone.
+  (copy / 'recipe.json').write_text(json.dumps(stored['recipe']))
+  assert runs.read_recipe(copy).name == 'tiny_2p5d' and runs.read_records(copy) is None
+  assert data.check_same_records(copy, dataset)
+
+
 def test_report_files(run):
   workdir, summary = run
   out = workdir / 'eval' / 'test'
@@ -66,7 +87,12 @@ def test_report_files(run):
   assert summary['run']['checkpoint'] == 'best' and summary['run']['step'] == 6
   assert summary['run']['recipe']['name'] == 'tiny_2p5d'
   assert data.run_recipe(None, workdir).name == 'tiny_2p5d'  # predict reads recipe.json back
-  assert json.loads((workdir / 'recipe.json').read_text()) == summary['run']['recipe']
+  stored = json.loads((workdir / 'recipe.json').read_text())
+  assert stored['recipe'] == summary['run']['recipe']
+  # The records the run was trained on: named by the synthetic source and the recipe's digest.
+  assert stored['records']['name'] == summary['run']['records']
+  assert stored['records']['name'].startswith('synthetic_tiny') and 'tiny_2p5d' in (
+      stored['records']['name'])
   assert summary['dsc']['mean'] == pytest.approx(np.mean([r['dsc'] for r in rows]), abs=1e-12)
   assert summary['global_dsc'] == pytest.approx(metrics.global_dsc_from_rows(rows), abs=1e-12)
   text = (out / 'summary.md').read_text()

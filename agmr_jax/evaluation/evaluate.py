@@ -36,9 +36,13 @@ from input_pipeline import recipes
 from input_pipeline.errors import DataError
 
 
-def open_splits(config: ml_collections.ConfigDict) -> tuple[pipeline.SliceDataset, dict]:
-  """The run's records (built if missing) and its folds: {'train', 'validation'?, 'test'}."""
+def open_splits(config: ml_collections.ConfigDict,
+                workdir=None) -> tuple[pipeline.SliceDataset, dict]:
+  """The run's records (built if missing) and its folds: {'train', 'validation'?, 'test'}; with
+  `workdir`, warns when they are not the records the run was trained on."""
   dataset = data.prepare_data(config)
+  if workdir is not None:
+    data.check_same_records(workdir, dataset)
   val_fold = config.data.val_fold if config.data.val_fold >= 0 else None
   return dataset, dataset.split_folds(config.data.test_fold, val_fold)
 
@@ -114,7 +118,7 @@ def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str =
     chosen = postprocess.load(workdir) if post else postprocess.PostProcess()
   if final_dir.exists() and not overwrite:
     raise FileExistsError(f'{final_dir}: exists; pass --overwrite to replace it')
-  dataset, folds = open_splits(config)
+  dataset, folds = open_splits(config, workdir)
   if split not in folds:
     raise ValueError(f'split {split!r} is not one of {sorted(folds)}')
   predictor, variables, step = loading.load_predictor(workdir, config, data.recipe_of(dataset),
@@ -126,7 +130,8 @@ def evaluate_run(workdir, config=None, *, split: str = 'test', checkpoint: str =
                           out_dir=tmp if write_predictions else None, post=chosen)
     run_info = dict(model=config.model, split=split, folds=folds[split], step=int(step),
                     checkpoint=str(checkpoint), tta=tta, threshold=chosen.threshold,
-                    min_component_mm3=chosen.min_component_mm3, recipe=dataset.meta['recipe'])
+                    min_component_mm3=chosen.min_component_mm3, recipe=dataset.meta['recipe'],
+                    records=data.records_identity(dataset)['name'])
     summary = report.write_report(rows, tmp, f'{config.model} {split} (step {step})', run_info)
     if jax.process_index() == 0:
       if final_dir.exists():

@@ -66,7 +66,7 @@ def tune_postprocess(workdir, config=None, *, checkpoint: str = 'best') -> dict 
   config = config or runs.load_config(workdir)
   if config.data.val_fold < 0:
     return None
-  dataset, folds = evaluate.open_splits(config)
+  dataset, folds = evaluate.open_splits(config, workdir)
   predictor, variables, step = loading.load_predictor(
       workdir, config, data.recipe_of(dataset), checkpoint=checkpointing.parse_checkpoint(checkpoint))
   tally = Tally(postprocess.grid())

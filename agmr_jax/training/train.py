@@ -42,8 +42,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     runs.write_config(workdir, config)
   writer.log_topology()
   run = setup_lib.setup(config, workdir)
+  if runs.has_checkpoint(workdir):
+    data.check_same_records(workdir, run.dataset)  # a resume on changed data: say so
   if jax.process_index() == 0:
-    runs.write_recipe(workdir, data.recipe_of(run.dataset))
+    runs.write_recipe(workdir, data.recipe_of(run.dataset), data.records_identity(run.dataset))
   logging.info('%s: %d train slices/epoch, %d steps/epoch, %d steps', config.model,
                run.steps_per_epoch * config.batch_size, run.steps_per_epoch, run.total_steps)
   t0 = time.perf_counter()
