@@ -3,7 +3,8 @@
 Training, evaluation, prediction, cross-validation and sweeps all read a workdir through here:
 
   config.json        the config the run was started with (`write_config`, `load_config`)
-  recipe.json        the preprocessing recipe of its records, written by training (`run_recipe`)
+  recipe.json        the preprocessing recipe of its records and which records (their source
+                     fingerprint), written by training (`read_recipe`, `read_records`)
   metrics.jsonl      one JSON row per logged step (`read_metrics`)
   checkpoints/       the latest Orbax checkpoints with the data iterator (what a run resumes from)
   best/              the checkpoint with the best validation score (what evaluation restores)
