@@ -176,6 +176,39 @@ def test_conv_lstm_depends_on_order_and_on_both_steps(lstm_case):
   assert np.abs(out - no_decoder).max() > 1e-2
 
 
+class FullZeroContextInference(conv_lstm.ContextInference):
+  """The former ContextInference: a full-size (B, H, W, f) zero initial state."""
+
+  @nn.compact
+  def __call__(self, decoder, skip):
+    cell = nn.ConvLSTMCell(self.features, tuple(self.kernel_size), dtype=self.dtype,
+                           name='cell')
+    zeros = jnp.zeros((*decoder.shape[:-1], self.features), jnp.float32)
+    carry = (zeros, zeros)
+    for x in (decoder, skip):
+      carry, hidden = cell(carry, x.astype(self.dtype))
+    return hidden.astype(self.dtype)
+
+
+def test_conv_lstm_broadcast_zero_state_equals_the_full_size_one(lstm_case):
+  """A (1, 1, 1, f) zero state: same outputs and gradients (params and both inputs)."""
+  block, variables, _, dec, skip = lstm_case
+  cotangent = np.random.default_rng(3).normal(size=dec.shape).astype(np.float32)
+
+  def value_and_grads(module):
+    return jax.jit(jax.value_and_grad(
+        lambda v, d, s: jnp.sum(module.apply(v, d, s) * cotangent), argnums=(0, 1, 2)))(
+            variables, dec, skip)
+
+  out_new, out_old = (m.apply(variables, dec, skip)
+                      for m in (block, FullZeroContextInference(3)))
+  np.testing.assert_allclose(out_new, out_old, rtol=1e-6, atol=1e-7)
+  (_, grads_new), (_, grads_old) = (value_and_grads(m)
+                                    for m in (block, FullZeroContextInference(3)))
+  for g_new, g_old in zip(jax.tree.leaves(grads_new), jax.tree.leaves(grads_old)):
+    np.testing.assert_allclose(g_new, g_old, rtol=1e-6, atol=1e-6)
+
+
 def test_conv_lstm_rejects_mismatched_inputs(lstm_case):
   block, variables, _, dec, _ = lstm_case
   with pytest.raises(ValueError, match='same shape'):

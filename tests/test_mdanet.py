@@ -1,6 +1,7 @@
 """MDANet: DASC and GCFB against their equations on fixed weights, group order, the masked
 similarity loss, the paper-size parameter count, and one train step."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ from agmr_jax import objectives
 from agmr_jax import state as state_lib
 from agmr_jax.models import MODELS
 from agmr_jax.models import layers
+from agmr_jax.models import mdanet
 from agmr_jax.models import util
 from agmr_jax.models.dasc import DASC
 from agmr_jax.models.dasc import GroupSkip
@@ -265,3 +267,40 @@ def test_train_step_with_the_recipes_groups(tiny):
   np.testing.assert_allclose(moved.max(), 1e-3, rtol=1e-3)
   assert np.mean(np.abs(moved - 1e-3) < 1e-5) > 0.9, np.mean(np.abs(moved - 1e-3) < 1e-5)
   assert float(metrics['grad_norm']) > 0
+
+
+class ConvTransposeUpsample(nn.Module):
+  """The former UpsampleTransposed: flax's nn.ConvTranspose, parameters under 'conv'."""
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    del train
+    return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
+                            kernel_init=layers.he_normal, dtype=self.dtype, name='conv')(x)
+
+
+def test_upsample_matmul_equals_conv_transpose_with_its_gradients():
+  """UpsampleTransposed (matrix product + depth-to-space) is nn.ConvTranspose's function with
+  its parameter tree and initialiser; outputs and gradients (params and input) agree."""
+  x = normal(30, (2, 5, 6, 8))
+  new, old = mdanet.UpsampleTransposed(3), ConvTransposeUpsample(3)
+  variables = init(new, x, train=False)
+  assert jax.tree.map(np.shape, variables) == {
+      'params': {'conv': {'kernel': (2, 2, 8, 3), 'bias': (3,)}}}
+  np.testing.assert_array_equal(variables['params']['conv']['kernel'],
+                                init(old, x, train=False)['params']['conv']['kernel'])
+  variables = jax.tree.map(lambda a: a + normal(31, a.shape), variables)  # a non-zero bias
+  cotangent = normal(32, (2, 10, 12, 3))
+
+  def loss(module):
+    return jax.jit(jax.value_and_grad(
+        lambda v, x: jnp.sum(module.apply(v, x, train=True) * cotangent), argnums=(0, 1)))
+
+  out_new, out_old = (module.apply(variables, x, train=False) for module in (new, old))
+  assert out_new.shape == (2, 10, 12, 3)
+  np.testing.assert_allclose(out_new, out_old, rtol=1e-6, atol=1e-6)
+  (_, grads_new), (_, grads_old) = loss(new)(variables, x), loss(old)(variables, x)
+  for g_new, g_old in zip(jax.tree.leaves(grads_new), jax.tree.leaves(grads_old)):
+    np.testing.assert_allclose(g_new, g_old, rtol=1e-5, atol=1e-5 * np.abs(g_old).max())

@@ -67,8 +67,10 @@ class ContextInference(nn.Module):
     # nn.RNN: XLA's CPU backend runs the gradient convolutions inside a scan's while loop in
     # its slow generic convolution emitter, 20-40x slower here
     # (docs/models.md#convlstm-context-inference).
-    # Zero (c_0, h_0) in float32, as nn.RNN's carry (ConvLSTMCell.carry_init, param_dtype).
-    zeros = jnp.zeros((*decoder.shape[:-1], self.features), jnp.float32)
+    # Zero (c_0, h_0) in float32, as nn.RNN's carry (ConvLSTMCell.carry_init, param_dtype),
+    # but (1, 1, 1, f): it broadcasts against the input gates to the same step-1 values, and
+    # the hidden conv and its (zero) kernel gradient then cost one pixel instead of B H W.
+    zeros = jnp.zeros((1,) * (decoder.ndim - 1) + (self.features,), jnp.float32)
     carry = (zeros, zeros)
     for x in (decoder, skip):
       carry, hidden = cell(carry, x.astype(self.dtype))

@@ -62,12 +62,44 @@ FUSIONS: dict[str, ModuleDef] = {
 }
 
 
+class TransposedConv2x2(nn.Module):
+  """`nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding='VALID')` as a matrix product.
+
+  With the kernel as large as the stride the output windows do not overlap: output pixel
+  (2i + a, 2j + b) is x[i, j] @ K[1 - a, 1 - b] + bias (lax.conv_transpose without
+  transpose_kernel flips the kernel). So the layer is one (B H W, C_in) x (C_in, 4 C_out) matrix
+  product followed by depth-to-space. Same parameters ('kernel' (2, 2, C_in, C_out), 'bias'
+  (C_out,)), same initialisers and the same function as nn.ConvTranspose; but its gradients are
+  matrix products too, where autodiff of lax.conv_transpose gives base-dilated convolutions
+  that XLA:CPU runs in its slow generic emitter (docs/performance.md).
+
+  Attributes:
+    features: output channels C_out.
+    kernel_init: initialiser of the (2, 2, C_in, C_out) kernel.
+    dtype: compute dtype; params float32.
+  """
+  features: int
+  kernel_init: nn.initializers.Initializer = layers.he_normal
+  dtype: layers.Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c_in = x.shape
+    kernel = self.param('kernel', self.kernel_init, (2, 2, c_in, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    # kernel[::-1, ::-1][i, j]: the (C_in, C_out) matrix of output offset (i, j) in each window.
+    y = jnp.einsum('nhwc,ijcd->nhiwjd', x, kernel[::-1, ::-1])
+    return y.reshape(b, 2 * h, 2 * w, self.features) + bias
+
+
 class UpsampleTransposed(nn.Module):
   """x2 up path of the PyTorch U-Net: 2x2 transposed conv, stride 2, with bias, no activation.
 
   (B, H, W, C_in) -> (B, 2H, 2W, features); DecoderStage's `upsample` contract. Same parameter
   count as layers.UpsampleConv (4 C_in C + C) at a quarter of its multiply-adds
-  (docs/models.md#mdanet).
+  (docs/models.md#mdanet). Computed by TransposedConv2x2 (a matrix product plus depth-to-space,
+  parameter tree {'conv': {'kernel', 'bias'}} of nn.ConvTranspose).
   """
   features: int
   dtype: layers.Dtype = jnp.float32
@@ -75,8 +107,8 @@ class UpsampleTransposed(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     del train
-    return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), padding='VALID',
-                            kernel_init=layers.he_normal, dtype=self.dtype, name='conv')(x)
+    return TransposedConv2x2(self.features, kernel_init=layers.he_normal, dtype=self.dtype,
+                             name='conv')(x)
 
 
 class MDANet(nn.Module):

@@ -102,8 +102,9 @@ class ContextInference(nn.Module):
     self.cell = ConvLSTMCell(features, features, kernel_size)
 
   def forward(self, decoder: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    b, _, h, w = decoder.shape
-    c = hidden = decoder.new_zeros((b, self.cell.hh.in_channels, h, w), dtype=torch.float32)
+    # (1, f, 1, 1), as conv_lstm.ContextInference: broadcasts to the same step-1 gates without
+    # a full-size hidden conv of zeros (and its zero weight gradient).
+    c = hidden = decoder.new_zeros((1, self.cell.hh.in_channels, 1, 1), dtype=torch.float32)
     for x in (decoder, skip):
       c, hidden = self.cell(x, c, hidden)
     return hidden.to(decoder.dtype)
