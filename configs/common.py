@@ -55,6 +55,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.test_fold = 4  # Held-out fold (cross-validation runs fold k with test_fold=k).
   c.data.val_fold = 3  # Validation fold for model selection; -1: none.
   c.data.augment = 'none'  # Key of input_pipeline.augment.AUGMENT_PRESETS.
+  # Where it runs: 'device' (inside the jitted train step, sharded with the batch) or 'host'
+  # (per slice in the Grain loader; same presets and distributions, for comparison).
+  c.data.augment_on = 'device'
   c.data.lesion_oversample = 1  # Slices with a lesion appear this many times per epoch (1: off).
   # 'slice': every lesion slice lesion_oversample times; 'case': balanced so each case's lesion
   # slices get about the same share (small lesions seen as often as large ones).

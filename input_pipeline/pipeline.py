@@ -4,7 +4,11 @@ Training is one chain (random access all the way to the batch, so every element'
 with it its augmentation seed, is fixed by the config seed alone):
 
     source[fold...] -> seed -> shuffle (reshuffled per epoch) -> [process::processes]
-        -> repeat -> to float32 -> augment (seeded from (seed, index)) -> batch -> prefetch
+        -> repeat -> to float32 -> [augment (seeded from (seed, index))] -> batch -> prefetch
+
+The augment stage runs only with config.data.augment_on = 'host'. By default the random
+transforms run on the device, inside the jitted train step (input_pipeline.augment.device), and
+the host only reads, decodes and batches.
 
 Each process reads a disjoint shard; batches are per-process and become one global batch in the
 train loop. The iterator's state is small (the next index) and is checkpointed with the model.
@@ -144,7 +148,8 @@ def to_training_element(record: Element) -> Element:
 def train_dataset(source: grain.MapDataset, *, batch_size: int, seed: int,
                   augment: Callable[[Element, np.random.Generator], Element] | None = None,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """An infinite MapDataset of per-process batches (see module docstring)."""
+  """An infinite MapDataset of per-process batches (see module docstring); `augment` None
+  (device augmentation, or none) leaves the elements as read."""
   if len(source) < process_count:
     raise ValueError(f'{len(source)} records cannot be sharded over {process_count} processes')
   ds = source.seed(seed).shuffle()[process_index::process_count].repeat()

@@ -1,12 +1,14 @@
 """The training loop: steps, logging, validation, best and periodic checkpoints, SIGTERM.
 
-Every `log_every_steps` the metrics are fetched and a non-finite loss stops the run naming the
-step; every `eval_every_steps` the validation cases are predicted whole and their per-case 3D Dice
-decides the best checkpoint.
+Every `log_every_steps` the metrics are fetched, with the share of wall time the loop waited for
+the loader (DataWait: near 1 the accelerator starves), and a non-finite loss stops the run naming
+the step; every `eval_every_steps` the validation cases are predicted whole and their per-case 3D
+Dice decides the best checkpoint.
 """
 
 import signal
 import threading
+import time
 
 import jax
 import numpy as np
@@ -85,6 +87,49 @@ def _validate(run: Run, writer: writer_lib.MetricWriter, predictor, step: int) -
   return score
 
 
+class DataWait:
+  """Times the loop's waits for the loader: `with wait:` around fetching a batch.
+
+  `interval()` returns (seconds waited, share of the wall time) since the previous call: near 1
+  the accelerator starves for data; near 0 the loader keeps up (jitted steps run asynchronously,
+  so the time a step computes is spent in the next wait for its results, not here).
+  """
+
+  def __init__(self):
+    self._since = time.perf_counter()
+    self._waited = 0.0
+    self._start = 0.0
+
+  def __enter__(self):
+    self._start = time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    self._waited += time.perf_counter() - self._start
+
+  def interval(self) -> tuple[float, float]:
+    now = time.perf_counter()
+    waited, wall = self._waited, max(now - self._since, 1e-9)
+    self._since, self._waited = now, 0.0
+    return waited, min(waited / wall, 1.0)
+
+
+def _log_interval(run: Run, writer: writer_lib.MetricWriter, step: int, history: list,
+                  rate_eta: tuple[float, float | None], wait: DataWait) -> None:
+  """Means of the interval's metrics, its speed and data wait, to the log and the writer."""
+  _check_finite(history)
+  means = {f'train/{k}': np.mean([m[k] for _, m in history]) for k in history[0][1]
+           if k != 'finite'}
+  rate, eta = rate_eta
+  waited, share = wait.interval()
+  means['train/steps_per_s'] = rate
+  means['train/data_wait_share'], means['train/data_wait_s'] = share, waited
+  writer.scalars(step, means)
+  logging.info('step %d/%d: loss %.4f, %.2f steps/s, data wait %.0f%% (%.2f s), ETA %s', step,
+               run.total_steps, means['train/loss'], rate, 100 * share, waited,
+               progress.format_eta(eta))
+
+
 def train_loop(run: Run) -> int:
   """Trains to total_steps (or SIGTERM); returns the step reached."""
   config = run.config
@@ -102,24 +147,17 @@ def train_loop(run: Run) -> int:
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else run.steps_per_epoch
   rate_meter = progress.StepRate(run.total_steps, start)
   best = runs.best_score(run.workdir)
-  history, step = [], start
+  history, step, wait = [], start, DataWait()
   with _StopFlag(ckpt) as stop:
     while step < run.total_steps and not stop.set:
-      batch = sharding_lib.global_batch(next(run.data_iter), run.mesh)
+      with wait:
+        batch = sharding_lib.global_batch(next(run.data_iter), run.mesh)
       run.state, metrics = run.step_fn(run.state, batch, run.rng)
       step += 1
       stop.poll(step)
       history.append((step, metrics))
       if step % config.log_every_steps == 0 or step == run.total_steps:
-        history = jax.device_get(history)
-        _check_finite(history)
-        means = {f'train/{k}': np.mean([m[k] for _, m in history]) for k in history[0][1]
-                 if k != 'finite'}
-        rate, eta = rate_meter.rate(step)
-        means['train/steps_per_s'] = rate
-        writer.scalars(step, means)
-        logging.info('step %d/%d: loss %.4f, %.2f steps/s, ETA %s', step, run.total_steps,
-                     means['train/loss'], rate, progress.format_eta(eta))
+        _log_interval(run, writer, step, jax.device_get(history), rate_meter.rate(step), wait)
         history = []
       if step % eval_every == 0 or step == run.total_steps:
         score = _validate(run, writer, predictor, step)

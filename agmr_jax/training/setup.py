@@ -19,6 +19,7 @@ from agmr_jax.models import layers as models_layers
 from agmr_jax.objectives import make_objective
 from agmr_jax.training import train_step as train_step_lib
 from input_pipeline import augment as augment_lib
+from input_pipeline.augment.device import DeviceAugment
 from input_pipeline import pipeline
 
 
@@ -56,6 +57,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ('batch_size', 'eval_batch_size', 'log_every_steps', 'checkpoint_every_steps'):
     if config[name] <= 0:
       raise ValueError(f'config.{name} must be positive, got {config[name]}')
+  augment_where(config)
+
+
+def augment_where(config: ml_collections.ConfigDict) -> str:
+  """config.data.augment_on, checked ('host' for configs saved before the field existed)."""
+  where = config.data.get('augment_on', 'host')
+  if where not in augment_lib.AUGMENT_ON:
+    raise ValueError(f'config.data.augment_on must be one of {augment_lib.AUGMENT_ON}, '
+                     f'got {where!r}')
+  if config.data.augment not in augment_lib.AUGMENT_PRESETS:
+    raise ValueError(f'config.data.augment must be one of {sorted(augment_lib.AUGMENT_PRESETS)}, '
+                     f'got {config.data.augment!r}')
+  return where
+
+
+def device_augment(preset: str, augment_on: str, seed: int) -> DeviceAugment | None:
+  """The preset as a function of (global batch, step) for the train step, or None."""
+  if augment_on != 'device' or not augment_lib.AUGMENT_PRESETS[preset]:
+    return None
+  return DeviceAugment.from_config(augment_lib.AUGMENT_PRESETS[preset], seed)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run:
@@ -81,9 +102,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   root = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(root)
   data_seed = int(jax.random.randint(jax.random.fold_in(root, 1), (), 0, 2**31 - 1))
-  augment = augment_lib.Augment.from_config(augment_lib.AUGMENT_PRESETS[config.data.augment])
+  augment_on = augment_where(config)
   ds = pipeline.train_dataset(source, batch_size=local_bs, seed=data_seed,
-                              augment=augment if augment.ops else None,
+                              augment=augment_lib.host_augment(config.data.augment, augment_on),
                               process_index=jax.process_index(),
                               process_count=jax.process_count())
   data_iter = pipeline.make_iterator(ds, worker_count=config.data.worker_count)
@@ -100,7 +121,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   step_fn = jax.jit(
       train_step_lib.make_train_step(
           model, objective, bn_momentum=bn_momentum(config),
-          model_bn_momentum=models_layers.BN_MOMENTUM),
+          model_bn_momentum=models_layers.BN_MOMENTUM,
+          augment=device_augment(config.data.augment, augment_on, config.seed)),
       in_shardings=(state_sharding, sharding_lib.data_sharded(mesh), sharding_lib.replicated(mesh)),
       out_shardings=(state_sharding, sharding_lib.replicated(mesh)), donate_argnums=(0,))
   return Run(config, workdir, dataset, folds, mesh, model, state, abstract, step_fn, data_iter,

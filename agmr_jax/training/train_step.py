@@ -16,6 +16,7 @@ import optax
 from agmr_jax.state import TrainState
 
 Objective = Callable[[dict, dict], tuple[jax.Array, dict]]
+Augment = Callable[[dict, jax.Array], dict]
 
 
 def _tree_select(pred, on_true, on_false):
@@ -36,15 +37,21 @@ def rescale_batch_stats(old, new, *, model_momentum: float, momentum: float):
 
 
 def make_train_step(model: nn.Module, objective: Objective, *,
-                    bn_momentum: float | None = None, model_bn_momentum: float = 0.99):
+                    bn_momentum: float | None = None, model_bn_momentum: float = 0.99,
+                    augment: Augment | None = None):
   """Returns the pure step; `objective(outputs, batch)` gives per-example losses and metrics.
 
   bn_momentum: None keeps the model's BatchNorm momentum (`model_bn_momentum`); a value replaces
   it in every BatchNorm (rescale_batch_stats).
+  augment: `augment(batch, step) -> batch` applied to the global batch before the forward pass
+  (input_pipeline.augment.device.DeviceAugment: its randomness is bound to the run seed, the
+  step and each example's index in the global batch, never to `rng`).
   """
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
+    if augment is not None:
+      batch = augment(batch, state.step)
 
     def loss_fn(params):
       outputs, updates = model.apply(

@@ -26,8 +26,8 @@ from input_pipeline.augment.sampler import MASK_MODES, contiguous_image, resampl
 from input_pipeline.augment.transforms import (Affine, Brightness, Contrast, Elastic, FlipH, FlipV,
                                                Rot90)
 
-__all__ = ['AUGMENT_PRESETS', 'MASK_MODES', 'Affine', 'Augment', 'Brightness', 'Contrast',
-           'Elastic', 'FlipH', 'FlipV', 'Rot90', 'resample']
+__all__ = ['AUGMENT_ON', 'AUGMENT_PRESETS', 'MASK_MODES', 'Affine', 'Augment', 'Brightness',
+           'Contrast', 'Elastic', 'FlipH', 'FlipV', 'Rot90', 'host_augment', 'resample']
 
 # Order of the ops built by from_config, whatever order the config lists them in.
 _ORDER = ('flip_h', 'flip_v', 'rot90', 'affine', 'elastic', 'brightness', 'contrast')
@@ -121,3 +121,15 @@ AUGMENT_PRESETS: dict[str, dict] = {
                'elastic': {'p': 0.25, 'alpha': 3.0, 'sigma': 12.0},
                'brightness': {'p': 0.5, 'delta': 0.1}, 'contrast': {'p': 0.5, 'range': (0.9, 1.1)}},
 }
+
+# Where the random transforms run (config.data.augment_on): 'device' = inside the jitted train
+# step (input_pipeline.augment.device, the default), 'host' = per slice in the Grain workers.
+AUGMENT_ON = ('device', 'host')
+
+
+def host_augment(preset: str, augment_on: str = 'host') -> Augment | None:
+  """The host chain of a preset, or None when it is empty or runs on the device."""
+  if augment_on not in AUGMENT_ON:
+    raise ValueError(f'augment_on must be one of {AUGMENT_ON}, got {augment_on!r}')
+  augment = Augment.from_config(AUGMENT_PRESETS[preset])
+  return augment if augment.ops and augment_on == 'host' else None
