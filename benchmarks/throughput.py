@@ -19,7 +19,12 @@ same thing.
 Writes benchmarks/results/throughput-<device>-<date>[-smoke].json and .md
 (rewritten after every run, so an interrupted run keeps what it measured).
 `--time_budget S` stops starting rows after S seconds and `--resume FILE.json`
-continues a results file, so a long table can be measured in several calls.
+continues a results file, so a long table can be measured in several calls. Every run
+records the git commit it was measured at (short hash, '+dirty' when tracked files
+differ from it); `--resume` refuses a file holding runs from another commit unless
+`--allow_mixed_commits` is given. `--profile DIR` also traces the JAX training steps
+(jax.profiler, TensorBoard + Perfetto formats, under DIR) and prints their ten costliest
+XLA ops by self time.
 """
 
 import argparse
@@ -67,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help='results JSON to extend: configurations already in it are skipped')
   p.add_argument('--time_budget', type=float, default=0,
                  help='seconds; no new table row starts after this (0: no limit)')
+  p.add_argument('--allow_mixed_commits', action='store_true',
+                 help='let --resume add runs to a file measured at another commit')
+  p.add_argument('--profile', type=pathlib.Path,
+                 help='folder: trace the JAX training steps there and print the ten costliest '
+                      'ops (by self time)')
+  p.add_argument('--profile_steps', type=int, default=2, help='steps traced with --profile')
   p.add_argument('--worker', help=argparse.SUPPRESS)  # JSON config: run one configuration.
   args = p.parse_args(argv)
   if args.smoke:
@@ -122,19 +133,40 @@ def rows(args):
                   'layout': 'nhwc' if framework == 'jax' else args.torch_layout,
                   'input_shape': common.NETWORKS[network].input_shape,
                   'warmup': args.warmup, 'repeats': args.repeats, 'steps': args.steps,
-                  'seed': args.seed}
+                  'seed': args.seed, **_profile(args, framework, mode)}
                  for framework in args.frameworks]
+
+
+def _profile(args, framework: str, mode: str) -> dict:
+  if not args.profile or framework != 'jax' or mode != 'train':
+    return {}
+  return {'profile': str(args.profile.resolve()), 'profile_steps': args.profile_steps}
 
 
 def _key(run: dict) -> tuple:
   return tuple(run[k] for k in ('network', 'precision', 'batch', 'mode', 'framework', 'layout'))
 
 
-def _start(args, started) -> tuple[dict, pathlib.Path | None]:
+class MixedCommitsError(Exception):
+  """--resume on a file measured at another commit, without --allow_mixed_commits."""
+
+
+def _check_commits(results: dict, commit: str, path: pathlib.Path) -> None:
+  others = sorted({r.get('commit', 'unrecorded') for r in results['runs']} - {commit})
+  if others:
+    raise MixedCommitsError(
+        f'{path} holds runs measured at commit {", ".join(others)}, this tree is at {commit}; '
+        'start a new file, or pass --allow_mixed_commits to add rows anyway')
+
+
+def _start(args, started, commit: str) -> tuple[dict, pathlib.Path | None]:
   """(results, stem): fresh, or the file given to --resume with this invocation noted."""
-  invocation = {'date': started.isoformat(timespec='seconds'), 'argv': sys.argv[1:]}
+  invocation = {'date': started.isoformat(timespec='seconds'), 'argv': sys.argv[1:],
+                'commit': commit}
   if args.resume:
     results = json.loads(args.resume.read_text())
+    if not args.allow_mixed_commits:
+      _check_commits(results, commit, args.resume)
     results['meta'].setdefault('resumed', []).append(invocation)
     return results, args.resume.with_suffix('')
   meta = {**invocation, 'smoke': args.smoke, 'label': args.label,
@@ -151,7 +183,12 @@ def main(argv=None) -> None:
     run_worker(json.loads(args.worker))
     return
   started = datetime.datetime.now(datetime.timezone.utc)
-  results, out = _start(args, started)
+  commit = common.git_commit(REPO)
+  try:
+    results, out = _start(args, started, commit)
+  except MixedCommitsError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   done = {_key(r) for r in results['runs']}
   clock = time.monotonic()
   for row in rows(args):
@@ -160,9 +197,9 @@ def main(argv=None) -> None:
       print(f'time budget of {args.time_budget} s spent; continue with --resume {out}.json')
       break
     for config in todo:
-      record = {**spawn(config, args.timeout), **config}
+      record = {**spawn(config, args.timeout), **config, 'commit': commit}
       results['runs'].append(record)
-      print(report.one_line(record), flush=True)
+      print('\n'.join([report.one_line(record), *report.profile_lines(record)]), flush=True)
       out = report.write(results, args.out_dir, started, smoke=results['meta']['smoke'],
                          previous=out)
   print(f'results: {out}.json and {out}.md' if out else 'nothing to run')

@@ -173,5 +173,47 @@ def current_rss_bytes() -> int:
     return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def reset_peak_rss() -> bool:
+  """Resets this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); True if done."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
 def peak_rss_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
+  """Peak RSS since the process started or since reset_peak_rss()."""
+  try:
+    with open('/proc/self/status') as f:
+      line = next(line for line in f if line.startswith('VmHWM:'))
+    return int(line.split()[1]) * 1024  # kB.
+  except (OSError, StopIteration):
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
+
+
+def host_peak(rss_before: int, reset: bool) -> tuple[int, str]:
+  """(bytes, what they are) of the host-RSS memory column, the same method for both frameworks.
+
+  Args:
+    rss_before: RSS before the model was built.
+    reset: whether reset_peak_rss() succeeded after compiling / the first step.
+  """
+  when = 'after compile + first step' if reset else 'since process start (no reset)'
+  return peak_rss_bytes() - rss_before, f'host peak RSS {when} - RSS before model'
+
+
+def git_commit(repo) -> str:
+  """Short HEAD hash of `repo`, plus '+dirty' if tracked files differ from it ('unknown' if no git)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  def git(*args):
+    return subprocess.run(['git', '-C', str(repo), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+  try:
+    head = git('rev-parse', '--short', 'HEAD')
+    dirty = git('status', '--porcelain', '--untracked-files=no')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+  return head + ('+dirty' if dirty else '')

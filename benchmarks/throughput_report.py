@@ -25,6 +25,18 @@ def one_line(r: dict) -> str:
   return f"{head} {r['step_ms']:10.2f} ms/step {r['images_per_s']:9.2f} img/s"
 
 
+def profile_lines(r: dict) -> list[str]:
+  """The traced JAX step's costliest ops (throughput_jax.profile_steps), one line each."""
+  prof = r.get('profile') if _ok(r) else None
+  if not prof:
+    return []
+  lines = [f"  profile: {prof['trace']}; XLA op time {prof['op_ms_per_step']:.0f} ms/step "
+           f"over {prof['steps']} steps; top ops by self time:"]
+  lines += [f"  {o['self_ms_per_step']:9.1f} ms {100 * (o['share'] or 0):5.1f}% "
+            f"x{o['calls_per_step']:g} {o['op']}: {o['hlo']}" for o in prof['top_ops']]
+  return lines
+
+
 def mfu(record: dict, flops: float | None) -> float | None:
   """Model FLOP utilisation: flops / step time / device peak at the run's precision."""
   if not _ok(record) or not flops:
@@ -54,26 +66,66 @@ def _get(run, key):
   return run.get(key) if run and _ok(run) else None
 
 
-def _mib(run) -> str:
-  b = _get(run, 'peak_memory_bytes')
+def _mib(b) -> str:
   return '-' if b is None else f'{b / 2**20:.0f}'
+
+
+def _ms(run) -> str:
+  """Median ms/step with the range of the timed runs: '123.4 (120.1-130.2)'."""
+  med, runs = _get(run, 'step_ms'), _get(run, 'step_ms_runs')
+  if med is None:
+    return '-'
+  return f'{med:.1f} ({min(runs):.1f}-{max(runs):.1f})' if runs and len(runs) > 1 else f'{med:.1f}'
+
+
+def _commits(runs) -> str:
+  return ', '.join(sorted({r.get('commit', '?') for r in runs.values()}))
 
 
 def _main_table(rows) -> list[str]:
   lines = ['| network | prec | batch | mode | JAX ms | eager ms | compile ms | JAX img/s '
            '| JAX/eager | JAX/compile | GFLOP/step | MFU JAX | MFU eager | MFU compile '
-           '| peak MiB JAX / eager / compile |',
+           '| commit |',
            '|' + '---|' * 15]
   for key, runs in rows.items():
     j, e, c = (runs.get(v) for v in VARIANTS)
     flops = _get(j, 'flops_per_step')
     mfus = [_fmt(mfu(r, flops) if r else None, '.1%') for r in (j, e, c)]
     lines.append(
-        f"| {' | '.join(str(k) for k in key)} | {_fmt(_get(j, 'step_ms'), '.1f')} "
-        f"| {_fmt(_get(e, 'step_ms'), '.1f')} | {_fmt(_get(c, 'step_ms'), '.1f')} "
+        f"| {' | '.join(str(k) for k in key)} | {_ms(j)} | {_ms(e)} | {_ms(c)} "
         f"| {_fmt(_get(j, 'images_per_s'), '.1f')} | {_ratio(j, e)} | {_ratio(j, c)} "
         f"| {_fmt(flops / 1e9 if flops else None, '.1f')} | {' | '.join(mfus)} "
-        f"| {_mib(j)} / {_mib(e)} / {_mib(c)} |")
+        f"| {_commits(runs)} |")
+  return lines
+
+
+MEMORY_LEGEND = (
+    'Memory, MiB. "peak" (JAX, eager, compile) is measured the same way for both frameworks: '
+    'on CPU, the process\'s peak resident set size (Linux VmHWM) with the high-water mark reset '
+    'after compiling (JAX: after `lower().compile()`; PyTorch: after the first step, which for '
+    'torch.compile compiles), minus the RSS before the model was built; it counts weights, '
+    'optimizer state, batch, activations and allocator caches (and for JAX the loaded '
+    'executable), not compilation. On GPU: JAX device `peak_bytes_in_use` (since process '
+    'start: includes autotuning scratch), PyTorch `torch.cuda.max_memory_allocated` reset after '
+    'the first step. The exact method of each run is its `peak_memory_kind` in the JSON. '
+    '"XLA" columns are XLA\'s own buffer assignment of the compiled JAX step '
+    '(`compiled.memory_analysis()`): arguments (weights, optimizer state, batch), outputs, the '
+    'part of the outputs aliased to donated arguments, and temporaries (activations kept for '
+    'the backward pass and scratch); "XLA args + temps" is the step\'s device-resident need '
+    'excluding the executable.')
+
+
+def _memory_table(rows) -> list[str]:
+  lines = ['| network | prec | batch | mode | peak JAX | peak eager | peak compile '
+           '| XLA args | XLA outputs | XLA aliased | XLA temps | XLA args + temps |',
+           '|' + '---|' * 12]
+  for key, runs in rows.items():
+    j, e, c = (runs.get(v) for v in VARIANTS)
+    xla = _get(j, 'xla_memory_bytes') or {}
+    cells = [_mib(_get(r, 'peak_memory_bytes')) for r in (j, e, c)]
+    cells += [_mib(xla.get(k)) for k in ('argument', 'output', 'alias', 'temp')]
+    both = (xla['argument'] + xla['temp']) if xla else None
+    lines.append(f"| {' | '.join(str(k) for k in key)} | {' | '.join(cells)} | {_mib(both)} |")
   return lines
 
 
@@ -119,9 +171,12 @@ def markdown(results: dict) -> str:
   lines += ['JAX/eager and JAX/compile: JAX images/s over PyTorch images/s in the same row '
             '(>1: JAX faster). ms = median ms/step. MFU = XLA FLOPs per step / step time / '
             'device peak (bf16 dense, or TF32 for fp32; none known for CPUs). '
-            f"FLOPs: {meta['flop_convention']}", '']
+            f"FLOPs: {meta['flop_convention']} ms cells: median (fastest-slowest of the timed "
+            'runs). commit: the git commit each run was measured at (+dirty: tracked files '
+            'differed from it).', '']
   rows = _rows(runs)
-  lines += _main_table(rows) + ['', '## Compile / first step and cross-framework check', '',
+  lines += _main_table(rows) + ['', '## Memory', '', MEMORY_LEGEND, '']
+  lines += _memory_table(rows) + ['', '## Compile / first step and cross-framework check', '',
                                 'check: mean predicted probability (infer; same weights and '
                                 'batch, should agree) or first training loss (train; dropout '
                                 'masks differ between frameworks).', '']

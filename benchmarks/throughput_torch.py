@@ -27,7 +27,6 @@ def _device_and_name():
 
 def _build(cfg: dict, device):
   """(twin on device, image tensor, mask tensor) for the configuration."""
-  os.environ['JAX_PLATFORMS'] = 'cpu'
   import torch  # pylint: disable=g-import-not-at-top
 
   from agmr_jax.models import MODELS  # pylint: disable=g-import-not-at-top
@@ -98,11 +97,18 @@ def _infer_step(cfg, twin, image, autocast):
 
 
 def run(cfg: dict) -> dict:
-  """Times one (network, precision, batch, mode, variant, layout) configuration."""
+  """Times one (network, precision, batch, mode, variant, layout) configuration.
+
+  Memory as the JAX worker's (throughput_report.MEMORY_LEGEND): JAX (imported to read the
+  Flax shapes) is loaded before the baseline; the peak is reset after the first step.
+  """
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
+  import agmr_jax.models  # pylint: disable=g-import-not-at-top,unused-import # noqa: F401
+  jax.devices()  # the JAX client exists in the JAX worker's baseline too.
   device, device_name = _device_and_name()
-  if device.type == 'cuda':
-    torch.cuda.reset_peak_memory_stats()
   rss_before = common.current_rss_bytes()
   torch.manual_seed(cfg['seed'])  # dropout masks.
   twin, image, mask = _build(cfg, device)
@@ -117,12 +123,16 @@ def run(cfg: dict) -> dict:
   first = step()  # eager: allocator/cuDNN warm-up; compile: tracing + codegen (+ backward).
   sync(first)
   first_step_s = time.perf_counter() - start
+  reset = common.reset_peak_rss()
+  if device.type == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
   times = common.time_steps(step, sync, warmup=cfg['warmup'], repeats=cfg['repeats'],
                             steps=cfg['steps'])
   if device.type == 'cuda':
-    peak, peak_kind = torch.cuda.max_memory_allocated(), 'torch.cuda.max_memory_allocated'
+    peak = torch.cuda.max_memory_allocated()
+    peak_kind = 'torch.cuda.max_memory_allocated, reset after the first step'
   else:
-    peak, peak_kind = common.peak_rss_bytes() - rss_before, 'host peak RSS - RSS before model'
+    peak, peak_kind = common.host_peak(rss_before, reset)
   versions = {'torch': torch.__version__, 'python': platform.python_version()}
   if device.type == 'cuda':
     versions.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
