@@ -211,3 +211,108 @@ def test_open_modalities_and_empty_volumes_pass_through():
   empty = np.zeros((3, 4, 5), np.float32)
   np.testing.assert_array_equal(recipes.normalize_volume(empty, 'zscore'), empty)
   np.testing.assert_array_equal(recipes.normalize_volume(empty, 'minmax'), empty)
+
+
+def test_crop_and_pad_boxes_by_hand():
+  """_crop and _overlap on a 3 x 4 slice: a crop inside it, a zero pad past every side, and boxes
+  as tall or as wide as the slice but shifted by one (the identity shortcut must not take them)."""
+  s = np.arange(1, 13, dtype=np.float32).reshape(1, 3, 4)  # rows 1-4, 5-8, 9-12
+  assert recipes._overlap(1, 2, 3) == (0, 2) and recipes._overlap(-1, 5, 3) == (1, 4)
+  assert recipes._overlap(-2, 7, 4) == (2, 6) and recipes._overlap(2, 3, 4) == (0, 2)
+  np.testing.assert_array_equal(recipes._crop(s, (1, 1, 2, 2)), [[[6, 7], [10, 11]]])
+  padded = np.zeros((1, 5, 7), np.float32)
+  padded[0, 1:4, 2:6] = s[0]
+  np.testing.assert_array_equal(recipes._crop(s, (-1, -2, 5, 7)), padded)
+  np.testing.assert_array_equal(recipes._crop(s, (1, 0, 3, 4)),
+                                [[[5, 6, 7, 8], [9, 10, 11, 12], [0, 0, 0, 0]]])
+  np.testing.assert_array_equal(recipes._crop(s, (0, 1, 3, 4)),
+                                [[[2, 3, 4, 0], [6, 7, 8, 0], [10, 11, 12, 0]]])
+  np.testing.assert_array_equal(recipes._crop(s, (0, 0, 3, 4)), s)
+
+
+def _slices_as_volume(slices: np.ndarray) -> np.ndarray:
+  """(Z, H, W) slices -> the (1, X, Y, Z) image whose axial slices they are (vol[:, :, z].T)."""
+  return slices.transpose(2, 1, 0)[None]
+
+
+def test_padding_forward_and_inverse_by_hand():
+  """A (5, 7) crop of 3 x 4 slices is the box (-1, -2, 5, 7): the slice sits at rows 1-3, columns
+  2-5 of zeros, and the inverse drops the padding again, exactly."""
+  slices = np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4)
+  recipe = Recipe('t', None, crop=(5, 7), size=(5, 7), normalize='none', storage_dtype='float32')
+  stack = recipe.forward(_slices_as_volume(slices), _slices_as_volume(slices > 12)[0])
+  assert stack.geometry == SliceGeometry((4, 3, 2), (-1, -2, 5, 7), (5, 7))
+  expected = np.zeros((2, 5, 7), np.float32)
+  expected[:, 1:4, 2:6] = slices
+  np.testing.assert_array_equal(stack.images[..., 0], expected)
+  np.testing.assert_array_equal(stack.masks, expected > 12)
+  back = recipe.inverse(stack.images[..., 0], stack.geometry)
+  np.testing.assert_array_equal(back, _slices_as_volume(slices)[0])
+
+
+def test_inverse_of_a_crop_by_hand():
+  """A (2, 2) crop of 3 x 4 slices is the box (0, 1, 2, 2): the inverse puts slice-grid values at
+  rows 0-1, columns 1-2 and probability 0 elsewhere; with classes, background 1 elsewhere."""
+  recipe = Recipe('t', None, crop=(2, 2), size=(2, 2))
+  geometry = recipe.geometry_for((4, 3, 1))
+  assert geometry.crop_box == (0, 1, 2, 2)
+  probs = np.array([[[0.1, 0.2], [0.3, 0.4]]], np.float32)
+  expected = np.zeros((1, 3, 4), np.float32)
+  expected[0, 0:2, 1:3] = probs[0]
+  np.testing.assert_array_equal(recipe.inverse(probs, geometry), expected.transpose(2, 1, 0))
+  classes = recipe.inverse(np.stack([1 - probs, probs], -1), geometry)
+  assert classes.shape == (4, 3, 1, 2)
+  np.testing.assert_allclose(classes[..., 1], expected.transpose(2, 1, 0))
+  np.testing.assert_allclose(classes[..., 0], 1 - expected.transpose(2, 1, 0))
+
+
+def test_geometry_fields_from_the_vector():
+  geometry = SliceGeometry.from_array(np.arange(10, 19).reshape(3, 3))
+  assert geometry.volume_shape == (10, 11, 12)
+  assert geometry.crop_box == (13, 14, 15, 16)
+  assert geometry.size == (17, 18)
+
+
+def test_contour_of_a_lesion_filling_the_slice_is_its_edge():
+  """Every pixel has all four neighbours inside except those on the image edge, which count as
+  outside: the contour is the slice's border ring, in each of a stack of slices."""
+  edge = np.ones((4, 6), bool)
+  edge[1:-1, 1:-1] = False
+  np.testing.assert_array_equal(recipes.lesion_contour(np.ones((2, 4, 6), bool)),
+                                np.broadcast_to(edge, (2, 4, 6)))
+
+
+def test_mask_resize_threshold_is_half():
+  """8 -> 4 columns averages pairs: (0, 1) -> 0.5 is lesion (>= 0.5), (0, 0) is not; 2 -> 4 puts
+  0.25 and 0.75 between 0 and 1, and only 0.75 is lesion."""
+  image = np.ones((1, 8, 1, 1), np.float32)
+  mask = np.array([0, 1, 1, 1, 0, 0, 1, 0], np.uint8).reshape(8, 1, 1)
+  masks = Recipe('t', None, crop=None, size=(1, 4)).forward(image, mask).masks
+  np.testing.assert_array_equal(masks, [[[1, 1, 0, 1]]])
+  masks = Recipe('t', None, crop=None, size=(1, 4)).forward(
+      np.ones((1, 2, 1, 1), np.float32), np.array([0, 1], np.uint8).reshape(2, 1, 1)).masks
+  np.testing.assert_array_equal(masks, [[[0, 0, 1, 1]]])
+
+
+def test_normalisation_of_degenerate_volumes():
+  """Non-finite voxels become 0 before anything else; a z-score brain of one voxel or of one value
+  is 0 (no division by a zero std); a brain with std below 1 is still divided by it."""
+  raw = np.array([np.nan, np.inf, -np.inf, 2.0, 4.0], np.float32).reshape(1, 1, 5)
+  np.testing.assert_array_equal(recipes.normalize_volume(raw, 'none'), [[[0, 0, 0, 2, 4]]])
+  np.testing.assert_array_equal(recipes.normalize_volume(raw, 'minmax'), [[[0, 0, 0, 0.5, 1]]])
+  one = np.zeros((3, 3, 3), np.float32)
+  one[1, 1, 1] = 5.0
+  np.testing.assert_array_equal(recipes.normalize_volume(one, 'zscore'), 0)
+  flat = np.zeros((3, 3, 3), np.float32)
+  flat[0] = 7.0
+  np.testing.assert_array_equal(recipes.normalize_volume(flat, 'zscore'), 0)
+  small = np.zeros((2, 2, 2), np.float32)
+  small[0, 0, 0], small[1, 1, 1] = 1.0, 2.0  # mean 1.5, std 0.5
+  expected = np.zeros((2, 2, 2), np.float32)
+  expected[0, 0, 0], expected[1, 1, 1] = -1.0, 1.0
+  np.testing.assert_array_equal(recipes.normalize_volume(small, 'zscore'), expected)
+
+
+def test_storage_keeps_the_largest_float16():
+  stored = RECIPES['agmr_2p5d'].to_storage(np.array([65504.0, -65504.0], np.float32))
+  np.testing.assert_array_equal(stored, np.array([65504.0, -65504.0], np.float16))
