@@ -140,7 +140,7 @@ def rows(args):
 def _profile(args, framework: str, mode: str) -> dict:
   if not args.profile or framework != 'jax' or mode != 'train':
     return {}
-  return {'profile': str(args.profile.resolve()), 'profile_steps': args.profile_steps}
+  return {'profile_dir': str(args.profile.resolve()), 'profile_steps': args.profile_steps}
 
 
 def _key(run: dict) -> tuple:

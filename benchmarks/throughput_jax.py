@@ -133,12 +133,12 @@ def op_self_times(trace_events: list[dict]) -> dict[str, list[float]]:
 
 
 def profile_steps(step, compiled, cfg: dict, top: int = 10) -> dict:
-  """Traces cfg['profile_steps'] (default 2) steps into cfg['profile']/<run>/ (TensorBoard
+  """Traces cfg['profile_steps'] (default 2) steps into cfg['profile_dir']/<run>/ (TensorBoard
   profile plus a Perfetto trace) and ranks the step's XLA ops by self time; also writes there
   every op's time (ops.json) and the compiled step's HLO (step.hlo.txt)."""
   import jax  # pylint: disable=g-import-not-at-top
   steps = int(cfg.get('profile_steps', 2))
-  out_dir = pathlib.Path(cfg['profile']).resolve() / (
+  out_dir = pathlib.Path(cfg['profile_dir']).resolve() / (
       f"{cfg['network']}-{cfg['precision']}-b{cfg['batch']}-{cfg['mode']}")
   with jax.profiler.trace(str(out_dir), create_perfetto_trace=True):
     for _ in range(steps):
@@ -183,7 +183,7 @@ def run(cfg: dict) -> dict:
 
   Memory: the host peak is reset after compiling (so XLA's compilation memory is not counted),
   and XLA's own buffer assignment of the step (`memory_analysis()`) is reported beside it.
-  With cfg['profile'] (a folder) a train step is also traced and its costliest ops listed.
+  With cfg['profile_dir'] (a folder) a train step is also traced and its costliest ops listed.
   """
   import flax  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -206,7 +206,7 @@ def run(cfg: dict) -> dict:
                             repeats=cfg['repeats'], steps=cfg['steps'])
   peak, peak_kind = _peak_memory(device, rss_before, reset)
   profile = None
-  if cfg.get('profile') and cfg['mode'] == 'train':
+  if cfg.get('profile_dir') and cfg['mode'] == 'train':
     profile = profile_steps(step, compiled, cfg)
   return {
       **common.summarise(times, cfg['batch']), 'compile_s': compile_s,

@@ -23,6 +23,11 @@ def test_smoke_preset_and_flags():
   assert [c['framework'] for c in configs[:3]] == ['jax', 'torch_eager', 'torch_compile']
   assert {c['mode'] for c in configs} == {'train', 'infer'} and len(configs) == 6
   assert configs[1]['variant'] == 'eager' and configs[1]['layout'] == 'channels_last'
+  assert not any('profile_dir' in c for c in configs)
+  args = throughput.parse_args(['--smoke', '--networks', 'dunet', '--profile', '/tmp/p'])
+  profiled = [c for row in throughput.rows(args) for c in row if 'profile_dir' in c]
+  assert [(c['framework'], c['mode'], c['profile_dir']) for c in profiled] == [
+      ('jax', 'train', '/tmp/p')] * 2  # fp32 and bf16; the worker's 'profile' is its result.
 
 
 def test_peak_table_lookup():
@@ -161,7 +166,7 @@ def test_jax_worker_measures_memory_and_profiles_a_toy_unet(tmp_path: pathlib.Pa
   monkeypatch.setitem(common.NETWORKS, 'unet', spec)
   record = throughput_jax.run({
       'network': 'unet', 'precision': 'fp32', 'batch': 2, 'mode': 'train', 'seed': 0,
-      'warmup': 0, 'repeats': 2, 'steps': 1, 'profile': str(tmp_path), 'profile_steps': 1})
+      'warmup': 0, 'repeats': 2, 'steps': 1, 'profile_dir': str(tmp_path), 'profile_steps': 1})
   xla = record['xla_memory_bytes']
   assert xla['argument'] > 0 and xla['temp'] > 0 and xla['alias'] > 0  # the state is donated.
   assert 'after compile' in record['peak_memory_kind'] and len(record['step_ms_runs']) == 2
