@@ -38,8 +38,9 @@ from agmr_jax import runtime
 from input_pipeline.errors import DataError
 
 # Problems a user can fix (bad or missing files, existing outputs, bad flag values).
+# OSError: an unwritable or full disk, a file where a folder should be (the message names it).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    DataError, FileNotFoundError, FileExistsError, ValueError, KeyError)
+    DataError, OSError, ValueError, KeyError)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -88,6 +89,18 @@ def _repeated(flag_values: flags.FlagValues, args: Sequence[str]) -> list[str]:
   return [f'--{name}' for name, n in counts.items() if n > 1]
 
 
+def _check_config_files(flag_values: flags.FlagValues, args: Sequence[str]) -> None:
+  """A config flag naming a missing file: one line (ml_collections' own message spans five)."""
+  for name in [n for n in flag_values if hasattr(flag_values[n], '_sys_argv')]:
+    for i, arg in enumerate(args):
+      value = (arg.split('=', 1)[1] if arg.startswith(f'--{name}=') else
+               args[i + 1] if arg == f'--{name}' and i + 1 < len(args) else None)
+      path = pathlib.Path(value.split(':', 1)[0]) if value else None
+      if path is not None and not path.is_file():
+        print(f'error: --{name}={value}: {path} is not a file', file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def _apply_aliases(flag_values: flags.FlagValues) -> None:
   for old, new in flag_values.__dict__.get('_deprecated', {}).items():
     if flag_values[old].present:
@@ -118,14 +131,19 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *,
     flag_values[name]._sys_argv = argv  # pylint: disable=protected-access
     for override in [n for n in flag_values if n.startswith(name + '.')]:
       delattr(flag_values, override)
+  _check_config_files(flag_values, argv[1:])
   repeated = _repeated(flag_values, argv[1:])
   if repeated:
     print(f'error: {", ".join(repeated)} given more than once; give each once', file=sys.stderr)
     sys.exit(EXIT_USAGE)
   try:
     rest = flag_values(argv, known_only=passthrough)
-  except flags.Error as e:
-    print(f'error: {e}\n(see {prog} --help)', file=sys.stderr)
+    for name in [n for n in flag_values if hasattr(flag_values[n], '_sys_argv')]:
+      _ = flag_values[name].value  # loads the config file: its errors are usage errors too
+  except (flags.Error, AttributeError, OSError, ValueError, KeyError, TypeError) as e:
+    # A config file that fails to load or an override of a field it lacks (ml_collections raises
+    # these while parsing) is a usage error too.
+    print(f'error: {usage_message(e)}\n(see {prog} --help)', file=sys.stderr)
     sys.exit(EXIT_USAGE)
   extra = [a for a in rest[1:] if passthrough and a.startswith('--')]
   if len(rest) > 1 + len(extra):
@@ -139,6 +157,22 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *,
     print(f'error: {", ".join(missing)} must be given\n(see {prog} --help)', file=sys.stderr)
     sys.exit(EXIT_USAGE)
   return extra
+
+
+def usage_message(error: BaseException) -> str:
+  """One line for a parse error: ml_collections embeds the config file's traceback in its
+  message, and its own errors span lines; keep the flag, the file and the final message."""
+  text = error
+  while isinstance(text, BaseException) and text.args:  # AttributeError(KeyError('msg'))
+    text = text.args[0]
+  text = str(text)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if any(line.startswith('Traceback (most recent call last)') for line in lines):
+    head = lines[0].removesuffix('Error whilst parsing config file:').strip()
+    lines = [head, lines[-1]] if head else lines[-1:]
+  if isinstance(error, AttributeError):
+    lines[0] = f'the config has no field {lines[0]}'
+  return ' '.join(lines).replace('Attempted [Relative path]:', 'tried')
 
 
 def setup_logging() -> None:

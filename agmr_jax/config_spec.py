@@ -105,4 +105,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
     if not sep:
       raise ValueError(f'override {item!r} is not key=value')
     key = key.strip()
-    set_field(config, key, parse_value(value.strip(), get_field(config, key)))
+    current = get_field(config, key)
+    try:
+      parsed = parse_value(value.strip(), current)
+    except ValueError as e:
+      raise ValueError(f'override {item!r}: {key} takes a {type(current).__name__} ({e})') from e
+    set_field(config, key, parsed)

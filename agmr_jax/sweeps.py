@@ -50,6 +50,8 @@ def expand(sweep) -> list[dict]:
         raise ValueError(f'sweep grid field {key!r}: expected a non-empty list, got {values!r}')
     keys = list(sweep)
     return [dict(zip(keys, combo)) for combo in itertools.product(*sweep.values())]
+  if not isinstance(sweep, (list, tuple)):
+    raise TypeError(f'expected a dict or a list, got {type(sweep).__name__}')
   points = [dict(p) for p in sweep]
   if not points or not all(points):
     raise ValueError('a sweep must hold at least one point, each setting at least one field')
@@ -62,7 +64,12 @@ def declared(spec: str) -> list[dict]:
   module = config_spec.load_module(path)
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'{path} declares no get_sweep(arg); see agmr_jax/sweeps.py for the format')
-  return expand(module.get_sweep(variant or None))
+  sweep = module.get_sweep(variant or None)
+  try:
+    return expand(sweep)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f'{path}: get_sweep({variant or None!r}) must return a grid {{key: [values]}} '
+                     f'or a list of {{key: value}} points, got {sweep!r} ({e})') from e
 
 
 def point_name(values: dict, keys: dict[str, str] | None = None) -> str:

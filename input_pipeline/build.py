@@ -25,9 +25,14 @@ flags.DEFINE_list('size', None, 'Override the recipe output size: H,W.', flag_va
 flags.DEFINE_string('manual_dir', None, 'Folder holding the raw dataset.', flag_values=FLAGS)
 flags.DEFINE_string('data_dir', 'data', 'Where records (and synthetic data) go.',
                     flag_values=FLAGS)
-flags.DEFINE_integer('num_subjects', 20, 'Synthetic datasets: subjects.', flag_values=FLAGS)
+flags.register_validator(
+    'size', lambda v: v is None or (len(v) == 2 and all(s.isdigit() and int(s) > 0 for s in v)),
+    message='--size takes two positive integers H,W, e.g. 192,192', flag_values=FLAGS)
+flags.DEFINE_integer('num_subjects', 20, 'Synthetic datasets: subjects.', lower_bound=1,
+                     flag_values=FLAGS)
 flags.DEFINE_integer('seed', 0, 'Synthetic datasets: seed.', flag_values=FLAGS)
-flags.DEFINE_integer('num_folds', 5, 'Patient-level folds.', flag_values=FLAGS)
+flags.DEFINE_integer('num_folds', 5, 'Patient-level folds (a test fold and at least one to '
+                     'train on).', lower_bound=2, flag_values=FLAGS)
 flags.DEFINE_integer('split_seed', 0, 'Seed of the fold assignment.', flag_values=FLAGS)
 cli.deprecated_alias(FLAGS, 'layout', 'dataset')
 cli.require(FLAGS, 'dataset', 'recipe')

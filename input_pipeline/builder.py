@@ -170,7 +170,32 @@ def build(*, source: str, layout: str, recipe: recipes_lib.Recipe, data_dir: str
   if not (pathlib.Path(builder.data_dir) / META_FILE).exists():
     logging.info('Building %s into %s', builder.builder_config.name, builder.data_dir)
   tfds.disable_progress_bar()  # carriage-return bars garble logs; cases are logged instead
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  root, records = pathlib.Path(data_dir).resolve(), pathlib.Path(builder.data_dir).resolve()
+  existed = {f for f in _tfds_folders(root, records) if f.exists()}
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)))
+  except BaseException:
+    _remove_empty(sorted(set(_tfds_folders(root, records)) - existed, key=lambda f: -len(f.parts)))
+    raise
   builder.write_meta(manual_dir)
   return pathlib.Path(builder.data_dir)
+
+
+def _tfds_folders(data_dir: pathlib.Path, version_dir: pathlib.Path) -> list[pathlib.Path]:
+  """The folders a TFDS build may create: the records' folder and its parents up to data_dir,
+  and the download folder TFDS makes beside them."""
+  chain = [version_dir, *version_dir.parents]
+  chain = chain[:chain.index(data_dir) + 1] if data_dir in chain else [version_dir]
+  downloads = data_dir / 'downloads'
+  return chain + ([downloads, *(p for p in downloads.rglob('*') if p.is_dir())]
+                  if downloads.is_dir() else [])
+
+
+def _remove_empty(folders) -> None:
+  """A failed build leaves no folder it created (deepest first; a non-empty one stays)."""
+  for folder in folders:
+    try:
+      folder.rmdir()
+    except OSError:
+      pass

@@ -22,6 +22,7 @@ from agmr_jax import runtime
 from agmr_jax.evaluation import evaluate as evaluate_lib
 from agmr_jax.evaluation import tune
 from agmr_jax.inference import postprocess
+from agmr_jax.training import config_checks
 from agmr_jax.training import loop
 from agmr_jax.training import setup as setup_lib
 from agmr_jax.training import writer
@@ -34,7 +35,10 @@ class Preempted(Exception):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains (resuming if possible), then evaluates the test split; returns its summary."""
   workdir = pathlib.Path(workdir)
+  config_checks.check(config)
   setup_lib.check_config(config)
+  if workdir.exists() and not workdir.is_dir():
+    raise ValueError(f'{workdir}: --workdir is a file, not a folder')
   workdir.mkdir(parents=True, exist_ok=True)
   runtime.set_xla_flags(config.get('deterministic', False))  # Raises if JAX started without them.
   runs.check_resumable(workdir, config)
