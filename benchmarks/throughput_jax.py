@@ -88,24 +88,44 @@ def _infer_runner(model, variables, batch):
           lambda out: float(out.mean()))
 
 
-_HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%?(?P<name>[^\s=]+) = (?P<rest>.*)$')
+_HLO_LINE = re.compile(r'^\s*(?P<root>ROOT\s+)?%?(?P<name>[^\s=]+) = (?P<rest>.*)$')
+_HLO_COMPUTATION = re.compile(r'^%?(?P<name>[\w.\-]+) \(.*\{$')
+
+
+def _describe(rest: str) -> tuple[str, str]:
+  """(opcode, 'shape window op_name') of one HLO instruction's right-hand side."""
+  opcode = re.search(r'\s([a-z][\w\-]*)\(', ' ' + rest)
+  shape = rest.split(' ', 1)[0] if not rest.startswith('(') else 'tuple'
+  window = re.search(r'window=\{([^}]*)\}', rest)
+  op_name = re.search(r'op_name="([^"]*)"', rest)
+  return (opcode[1] if opcode else '?', ' '.join(x for x in (
+      re.sub(r'\{[^}]*\}', '', shape), f'window={{{window[1]}}}' if window else '',
+      op_name[1] if op_name else '') if x))
 
 
 def hlo_descriptions(hlo_text: str) -> dict[str, str]:
-  """{instruction name: 'opcode shape window op_name'} from a compiled module's HLO text."""
+  """{instruction name: 'opcode shape window op_name'} from a compiled module's HLO text; a
+  fusion also names its root ('fusion[convolution window={...}] ...'), e.g. a kernel gradient's
+  image-sized window."""
+  roots, computation = {}, None
+  for line in hlo_text.splitlines():
+    header = _HLO_COMPUTATION.match(line)
+    if header:
+      computation = header['name']
+    m = _HLO_LINE.match(line)
+    if m and m['root'] and computation:
+      opcode, detail = _describe(m['rest'])
+      window = re.search(r'window=\{[^}]*\}', detail)
+      roots[computation] = opcode + (f' {window[0]}' if window else '')
   out = {}
   for line in hlo_text.splitlines():
     m = _HLO_LINE.match(line)
-    if not m:
-      continue
-    rest = m['rest']
-    opcode = re.search(r'\s([a-z][\w\-]*)\(', ' ' + rest)
-    shape = rest.split(' ', 1)[0] if not rest.startswith('(') else 'tuple'
-    window = re.search(r'window=\{([^}]*)\}', rest)
-    op_name = re.search(r'op_name="([^"]*)"', rest)
-    out[m['name']] = ' '.join(x for x in (
-        opcode[1] if opcode else '?', re.sub(r'\{[^}]*\}', '', shape),
-        f'window={{{window[1]}}}' if window else '', op_name[1] if op_name else '') if x)
+    if m:
+      opcode, detail = _describe(m['rest'])
+      calls = re.search(r'calls=%?([\w.\-]+)', m['rest'])
+      if opcode == 'fusion' and calls and calls[1] in roots:
+        opcode = f'fusion[{roots[calls[1]]}]'
+      out[m['name']] = f'{opcode} {detail}'.strip()
   return out
 
 

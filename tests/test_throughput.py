@@ -156,6 +156,14 @@ def test_hlo_descriptions_name_the_op_window_and_source():
   assert described['convolution.3'] == ('convolution f32[2,8,8,4] window={size=2x2 pad=1_1x1_1 '
                                         'lhs_dilate=2x2} jit(step)/transpose(jvp(up))/conv')
   assert described['fusion.1'] == 'fusion f32[8]'
+  fused = ('%fused_computation.2 (p0: f32[4,16,16,2], p1: f32[16,16,2,8]) -> f32[4,3,3,8] {\n'
+           '  ROOT %convolution.1 = f32[4,3,3,8]{3,2,1,0} convolution(%p0, %p1), '
+           'window={size=16x16 pad=1_1x1_1}, dim_labels=b01f_01io->b01f\n}\n'
+           '%ynn_fusion.2 = f32[4,3,3,8]{3,2,1,0} fusion(%a, %b), kind=kCustom, '
+           'calls=%fused_computation.2, metadata={op_name="jit(step)/transpose(jvp(M))/c"}\n')
+  assert throughput_jax.hlo_descriptions(fused)['ynn_fusion.2'] == (
+      'fusion[convolution window={size=16x16 pad=1_1x1_1}] f32[4,3,3,8] '
+      'jit(step)/transpose(jvp(M))/c')
 
 
 def test_jax_worker_measures_memory_and_profiles_a_toy_unet(tmp_path: pathlib.Path, monkeypatch):
