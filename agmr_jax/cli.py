@@ -49,6 +49,13 @@ class Terminated(BaseException):
   """SIGTERM arrived; a BaseException so that no `except Exception` of a command swallows it."""
 
 
+def define_compilation_cache(flag_values: flags.FlagValues) -> None:
+  """--compilation_cache for the commands that compile networks (agmr_jax/compile_cache.py)."""
+  flags.DEFINE_string('compilation_cache', 'auto', "Persistent XLA compilation cache folder: "
+                      "'auto' (.jax_cache beside the run's workdir, shared by the runs under one "
+                      "root), a folder, or 'none'.", flag_values=flag_values)
+
+
 def new_flags() -> flags.FlagValues:
   """A command's own flag registry (`--help` / `-h` print it; `--debug` shows tracebacks)."""
   flag_values = flags.FlagValues()

@@ -26,10 +26,13 @@ flags.DEFINE_list('tta_axes', None, "Flip axes of test-time augmentation: 'lr' (
 flags.DEFINE_bool('postprocess', True, "Apply the run's validation-chosen post-processing "
                   '(postprocess.json); --nopostprocess: threshold 0.5 only.', flag_values=FLAGS)
 cli.deprecated_alias(FLAGS, 'flip_tta', 'tta')
+cli.define_compilation_cache(FLAGS)
 
 
 def _evaluate(f) -> None:
-  from agmr_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top  (JAX: after flags)
+  from agmr_jax import compile_cache  # pylint: disable=g-import-not-at-top  (JAX: after flags)
+  from agmr_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
+  compile_cache.enable(compile_cache.resolve(f.compilation_cache, f.workdir))
   result = evaluate.evaluate_run(
       f.workdir, split=f.split, checkpoint=f.checkpoint, overwrite=f.overwrite,
       write_predictions=f.write_predictions,

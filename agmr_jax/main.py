@@ -30,6 +30,7 @@ flags.DEFINE_integer('process_id', None, 'This process under jax.distributed.', 
 flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() with cluster auto-detection (TPU VM '
     'pods, SLURM, Open MPI) when no coordinator is given.', flag_values=FLAGS)
+cli.define_compilation_cache(FLAGS)
 cli.require(FLAGS, 'config', 'workdir')
 
 
@@ -48,6 +49,15 @@ def _start_jax(f) -> None:
 
 def _train(f) -> None:
   _start_jax(f)
+  from agmr_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  cache = compile_cache.enable(compile_cache.resolve(f.compilation_cache, f.workdir))
+  try:
+    _train_and_evaluate(f)
+  finally:
+    compile_cache.log_counts(cache)
+
+
+def _train_and_evaluate(f) -> None:
   from agmr_jax.training import loop  # pylint: disable=g-import-not-at-top
   from agmr_jax.training import train  # pylint: disable=g-import-not-at-top
   try:

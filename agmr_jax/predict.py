@@ -43,11 +43,15 @@ flags.DEFINE_float('min_component_mm3', None, 'Remove lesion components smaller 
 flags.DEFINE_integer('batch_size', None, "Slices per batch (default: the run's eval batch).",
                      lower_bound=1, flag_values=FLAGS)
 cli.deprecated_alias(FLAGS, 'output', 'out')
+cli.define_compilation_cache(FLAGS)
 cli.require(FLAGS, 'out')
 
 
 def _predict(f) -> None:
-  from agmr_jax.inference import predict  # pylint: disable=g-import-not-at-top  (JAX: after flags)
+  from agmr_jax import compile_cache  # pylint: disable=g-import-not-at-top  (JAX: after flags)
+  from agmr_jax.inference import predict  # pylint: disable=g-import-not-at-top
+  if f.workdir:
+    compile_cache.enable(compile_cache.resolve(f.compilation_cache, f.workdir[0]))
   predict.predict(
       f.input, f.out, f.workdir, checkpoint=f.checkpoint,
       save_probabilities=f.save_probabilities, tta=tuple(f.tta_axes) if f.tta_axes else f.tta,

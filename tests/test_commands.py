@@ -2,6 +2,7 @@
 an idempotent re-run (the refusals of each command are tested beside its library)."""
 
 import json
+import re
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.test_crossval_compare import _write_eval
 
 
 def test_train_main_writes_the_run_and_a_rerun_only_re_evaluates(tiny_built, data_dir, tmp_path,
-                                                                  capsys):
+                                                                  capsys, caplog):
   del tiny_built
   workdir = tmp_path / 'run'
   argv = ['--config=configs/unet.py:tiny', f'--workdir={workdir}',
@@ -28,7 +29,11 @@ def test_train_main_writes_the_run_and_a_rerun_only_re_evaluates(tiny_built, dat
   first = report.read_cases(runs.eval_dir(workdir))
   assert 'test: mean per-case DSC' in capsys.readouterr().out
   steps = [r['step'] for r in runs.read_metrics(workdir) if 'train/loss' in r]
+  caplog.clear()
   assert train_command.main(argv) == 0  # Finished: resumes at the last step, evaluates again.
+  # ... with the network compiled by the first run loaded from the persistent cache.
+  loaded = re.search(r'compilation cache \S+: (\d+) program\(s\) loaded from it', caplog.text)
+  assert loaded and int(loaded.group(1)) >= 1, caplog.text[-2000:]
   assert [r['step'] for r in runs.read_metrics(workdir) if 'train/loss' in r] == steps
   assert report.read_cases(runs.eval_dir(workdir)) == first
 
@@ -95,3 +100,11 @@ def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
   with pytest.raises(FileNotFoundError, match='run folder does not exist'):
     from agmr_jax import evaluate as evaluate_command  # pylint: disable=g-import-not-at-top
     evaluate_command.main([f'--workdir={tmp_path / "nope"}', '--debug'])
+
+
+def test_compilation_cache_folder_beside_the_run(tmp_path):
+  from agmr_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  assert compile_cache.resolve('auto', tmp_path / 'sweep' / 'lr=0.1') == (
+      tmp_path / 'sweep' / '.jax_cache').resolve()
+  assert compile_cache.resolve('none', tmp_path / 'run') is None
+  assert compile_cache.resolve(str(tmp_path / 'c'), tmp_path / 'run') == (tmp_path / 'c').resolve()
