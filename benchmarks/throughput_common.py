@@ -193,15 +193,16 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB.
 
 
-def host_peak(rss_before: int, reset: bool) -> tuple[int, str]:
+def host_peak(rss_before: int, reset: bool, after: str) -> tuple[int, str]:
   """(bytes, what they are) of the host-RSS memory column, the same method for both frameworks.
 
   Args:
     rss_before: RSS before the model was built.
-    reset: whether reset_peak_rss() succeeded after compiling / the first step.
+    reset: whether reset_peak_rss() succeeded after `after`.
+    after: what the peak was reset after ('compiling', 'the first step').
   """
-  when = 'after compile + first step' if reset else 'since process start (no reset)'
-  return peak_rss_bytes() - rss_before, f'host peak RSS {when} - RSS before model'
+  when = f'reset after {after}' if reset else 'since process start (reset failed)'
+  return peak_rss_bytes() - rss_before, f'host peak RSS ({when}) - RSS before model'
 
 
 def git_commit(repo) -> str:

@@ -36,7 +36,7 @@ def _peak_memory(device, rss_before: int, reset: bool) -> tuple[int | None, str]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   if stats and 'peak_bytes_in_use' in stats:  # cannot be reset: includes autotuning scratch.
     return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use since process start'
-  return common.host_peak(rss_before, reset)
+  return common.host_peak(rss_before, reset, 'compiling')
 
 
 def _xla_memory(compiled) -> dict | None:

@@ -132,7 +132,7 @@ def run(cfg: dict) -> dict:
     peak = torch.cuda.max_memory_allocated()
     peak_kind = 'torch.cuda.max_memory_allocated, reset after the first step'
   else:
-    peak, peak_kind = common.host_peak(rss_before, reset)
+    peak, peak_kind = common.host_peak(rss_before, reset, 'the first step')
   versions = {'torch': torch.__version__, 'python': platform.python_version()}
   if device.type == 'cuda':
     versions.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())

@@ -177,7 +177,7 @@ def test_jax_worker_measures_memory_and_profiles_a_toy_unet(tmp_path: pathlib.Pa
       'warmup': 0, 'repeats': 2, 'steps': 1, 'profile_dir': str(tmp_path), 'profile_steps': 1})
   xla = record['xla_memory_bytes']
   assert xla['argument'] > 0 and xla['temp'] > 0 and xla['alias'] > 0  # the state is donated.
-  assert 'after compile' in record['peak_memory_kind'] and len(record['step_ms_runs']) == 2
+  assert 'reset after compiling' in record['peak_memory_kind'] and len(record['step_ms_runs']) == 2
   profile = record['profile']
   assert pathlib.Path(profile['trace']).is_file() and 0 < len(profile['top_ops']) <= 10
   assert profile['top_ops'][0]['hlo'] and profile['op_ms_per_step'] > 0
