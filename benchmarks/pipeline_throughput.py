@@ -1,21 +1,34 @@
-r"""Input pipeline throughput: augmented slices/s of the Grain loader and volumes/s of the builder.
+r"""Can the input pipeline feed an accelerator? Host supply beside device demand, in one run.
 
-  python -m benchmarks.pipeline_throughput [--data_dir /tmp/bench_data] [--batches 40]
+  python -m benchmarks.pipeline_throughput [--batches 30] [--workers 0,2] [--step_batch 2]
+      [--step_repeats 3] [--out FILE.md]
 
-Uses synthetic ATLAS-like subjects built with the AGMR 2.5D recipe (192x192x4 slices), writing them
-first if needed. Loader rows: batches of 16 augmented slices through the full training chain
-(record read, float16 -> float32, augmentation, batching) with 0, 1 and 2 worker processes;
-warm-up batches excluded. 'per core' divides by the processes doing the work (max(workers, 1)).
-Builder row: recipe + TFDS ArrayRecord writing of fresh volumes (the NIfTI files already exist).
-Prints a markdown table; numbers on a shared machine are lower bounds.
+Uses synthetic ATLAS-like subjects built with the AGMR 2.5D recipe (192x192x4 float16 records),
+writing them first if needed. Three tables, printed once at the end (progress goes to stderr):
+
+1. Loader: batches of 16 slices through the Grain training chain (record read and decode,
+   float16 -> float32, [augmentation], batching) for every preset of AUGMENT_PRESETS, with the
+   augmentation on the host (config.data.augment_on='host') and on the device (the host then only
+   reads, decodes and batches), with 0 and 2 worker processes; warm-up batches excluded.
+   'per core' divides by the processes doing the work (max(workers, 1)).
+2. Device augmentation in a training step: AGMR-Net and U-Net at their paper input (192x192x4),
+   the project's train step (Adam, float32) with and without the preset that costs most on the
+   device ('thesis': flips, rotation, elastic, brightness, contrast), compiled once each and timed
+   interleaved (plain, augmented, plain, ...) so the machine's load hits both alike; the ratio is
+   the best augmented step over the best plain one. Beside it: the augmentation alone, jitted on
+   the same batch (best of 5), per preset, as a share of the best plain step.
+3. Demand: the slices/s an H100 at 35% of its dense bf16 peak consumes, from XLA's FLOP count of
+   the training step (the throughput harness's convention, benchmarks/throughput_common.py), and
+   the host cores that supply it at table 1's best per-core rate with augmentation on the device
+   and on the host.
+Numbers on a shared machine are lower bounds; compare rows of one run only.
 """
 
 import argparse
 import os
 import pathlib
-import shutil
+import subprocess
 import sys
-import tempfile
 import time
 
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
@@ -23,24 +36,28 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from input_pipeline import augment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from input_pipeline import builder
-from input_pipeline import datasets
-from input_pipeline import pipeline
-from input_pipeline import recipes
+from benchmarks import throughput_common as common  # pylint: disable=wrong-import-position
+from input_pipeline import augment  # pylint: disable=wrong-import-position
+from input_pipeline import datasets  # pylint: disable=wrong-import-position
+from input_pipeline import pipeline  # pylint: disable=wrong-import-position
+from input_pipeline import recipes  # pylint: disable=wrong-import-position
 
-AUGMENTATIONS = {
-    'none': {},
-    'flips+rotation+scaling': {'flip_h': 0.5, 'flip_v': 0.5, 'rotate': {'p': 0.5, 'degrees': 15},
-                               'scale': {'p': 0.5, 'range': (0.8, 1.2)}},
-    'elastic': {'elastic': {'p': 1.0, 'alpha': 4.0, 'sigma': 12.0}},
-}
+REPO = pathlib.Path(__file__).resolve().parent.parent
+STEP_NETWORKS = ('agmr_net', 'unet')
+STEP_PRESET = 'thesis'  # The dearest preset on the device (elastic field + one resample).
+MFU = 0.35
 
 
-def loader_rate(dataset, aug_config, workers: int, batches: int, batch_size: int = 16) -> float:
-  aug = augment.Augment.from_config(aug_config)
+def _progress(text: str) -> None:
+  print(text, file=sys.stderr, flush=True)
+
+
+def loader_rate(dataset, preset: str, augment_on: str, workers: int, batches: int,
+                batch_size: int = 16) -> float:
+  """Slices/s of the training chain with the preset's host augmentation or none."""
+  host = augment.host_augment(preset, augment_on)
   ds = pipeline.train_dataset(dataset.source(range(dataset.num_folds)), batch_size=batch_size,
-                              seed=0, augment=aug if aug.ops else None)
+                              seed=0, augment=host)
   it = pipeline.make_iterator(ds, worker_count=workers, worker_buffer_size=4)
   try:
     for _ in range(max(4, 2 * workers)):  # warm-up: worker start, first reads
@@ -54,42 +71,147 @@ def loader_rate(dataset, aug_config, workers: int, batches: int, batch_size: int
       it.close()
 
 
-def builder_rate(data_dir: pathlib.Path, num_subjects: int) -> float:
-  """Volumes/s of recipe + record writing, NIfTI already on disk."""
-  source = datasets.resolve('synthetic_atlas', data_dir, None, num_subjects=num_subjects)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix='bench-build-'))
+def loader_table(dataset, workers: list[int], batches: int) -> tuple[list[str], dict]:
+  """Table 1 rows and {(preset, augment_on): best slices/s per core}."""
+  rows = ['| preset | augmentation on | workers | slices/s | slices/s per core |',
+          '|---|---|---|---|---|']
+  best = {}
+  for preset in augment.AUGMENT_PRESETS:
+    for where in ('host', 'device'):
+      if preset == 'none' and where == 'host':
+        continue  # Nothing to run on the host: the device row is the same chain.
+      for n in workers:
+        rate = loader_rate(dataset, preset, where, n, batches)
+        per_core = rate / max(n, 1)
+        best[(preset, where)] = max(best.get((preset, where), 0.0), per_core)
+        label = 'nothing' if preset == 'none' else where
+        rows.append(f'| {preset} | {label} | {n} | {rate:,.0f} | {per_core:,.0f} |')
+        _progress(rows[-1])
+  return rows, best
+
+
+def _timed(fn, *args) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def step_costs(name: str, batch_size: int, repeats: int) -> dict:
+  """Plain and device-augmented train steps of one network, timed interleaved."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  from agmr_jax import objectives  # pylint: disable=g-import-not-at-top
+  from agmr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  from agmr_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+  from agmr_jax.training import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from input_pipeline.augment.device import DeviceAugment  # pylint: disable=g-import-not-at-top
+  spec = common.NETWORKS[name]
+  model = MODELS[name](**spec.model_kwargs)
+  variables = jax.device_put(common.synthetic_variables(model, (1, *spec.input_shape)))
+  batch = jax.device_put(common.make_batch(spec, batch_size))
+  objective = objectives.make_objective(spec.objective, **spec.objective_kwargs)
+  state = state_lib.TrainState.create(variables=variables, tx=optax.adam(1e-3))
+  rng = jax.random.key(0)
+  aug = DeviceAugment.from_config(augment.AUGMENT_PRESETS[STEP_PRESET], seed=0)
+  compiled, flops = {}, None
+  for label, device_aug in (('plain', None), ('augmented', aug)):
+    lowered = jax.jit(train_step_lib.make_train_step(model, objective, augment=device_aug)).lower(
+        state, batch, rng)
+    if label == 'plain':
+      cost = lowered.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      flops = float(cost['flops'])
+    compiled[label] = lowered.compile()
+    _timed(compiled[label], state, batch, rng)  # warm-up
+  times = {label: [] for label in compiled}
+  for _ in range(repeats):
+    for label, fn in compiled.items():
+      times[label].append(_timed(fn, state, batch, rng))
+  # Best of the repeats, as timeit does: on a shared machine other processes only slow a step.
+  plain, augmented = min(times['plain']), min(times['augmented'])
+  alone = {}
+  for preset, config in augment.AUGMENT_PRESETS.items():
+    if config and (preset != 'mdanet_rot90' or spec.input_shape[0] == spec.input_shape[1]):
+      fn = jax.jit(DeviceAugment.from_config(config, seed=0).__call__)
+      _timed(fn, batch, 0)
+      alone[preset] = min(_timed(fn, batch, 0) for _ in range(5))
+  _progress(f'{name}: plain {plain:.2f} s, augmented {augmented:.2f} s, alone {alone}')
+  return {'plain': plain, 'augmented': augmented, 'alone': alone,
+          'flops_per_slice': flops / batch_size}
+
+
+def step_table(costs: dict, batch_size: int) -> list[str]:
+  presets = list(next(iter(costs.values()))['alone'])
+  rows = [f'| network (192x192x4, batch {batch_size}) | train step s | with {STEP_PRESET} on the '
+          'device s | added | ' + ' | '.join(f'{p} alone, share of step' for p in presets) + ' |',
+          '|---|---|---|---|' + '---|' * len(presets)]
+  for name, c in costs.items():
+    alone = ' | '.join(f'{1e3 * c["alone"][p]:.1f} ms, {c["alone"][p] / c["plain"]:.2%}'
+                       for p in presets)
+    rows.append(f'| {name} | {c["plain"]:.2f} | {c["augmented"]:.2f} | '
+                f'{c["augmented"] / c["plain"] - 1:+.1%} | {alone} |')
+  return rows
+
+
+def demand_table(costs: dict, best: dict) -> list[str]:
+  peak = common.PEAK_FLOPS['H100 SXM']['bf16']
+  device_rate = max(r for (p, where), r in best.items() if where == 'device')
+  host_presets = [p for (p, where) in best if where == 'host']
+  rows = ['| network | train step GFLOP/slice | H100 at 35% bf16 MFU, slices/s | host cores, '
+          'augmentation on the device | ' + ' | '.join(f'host cores, {p} on the host'
+                                                       for p in host_presets) + ' |',
+          '|---|---|---|---|' + '---|' * len(host_presets)]
+  for name, c in costs.items():
+    demand = MFU * peak / c['flops_per_slice']
+    hosts = ' | '.join(f'{demand / best[(p, "host")]:.1f}' for p in host_presets)
+    rows.append(f'| {name} | {c["flops_per_slice"] / 1e9:.1f} | {demand:,.0f} | '
+                f'{demand / device_rate:.1f} | {hosts} |')
+  return rows
+
+
+def _commit() -> str:
   try:
-    start = time.perf_counter()
-    builder.build(source=source.name, layout=source.layout, recipe=recipes.RECIPES['agmr_2p5d'],
-                  data_dir=tmp, manual_dir=source.manual_dir)
-    return num_subjects / (time.perf_counter() - start)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    head = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dirty = subprocess.run(['git', '-C', str(REPO), 'status', '--porcelain',
+                            '--untracked-files=no'], capture_output=True, text=True,
+                           check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+  return head + ('+dirty' if dirty else '')
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--data_dir', default='/tmp/agmr_bench_data')
   parser.add_argument('--num_subjects', type=int, default=5)
-  parser.add_argument('--batches', type=int, default=40)
-  parser.add_argument('--workers', default='0,1,2')
+  parser.add_argument('--batches', type=int, default=30)
+  parser.add_argument('--workers', default='0,2')
+  parser.add_argument('--step_batch', type=int, default=2)
+  parser.add_argument('--step_repeats', type=int, default=3)
+  parser.add_argument('--networks', default=','.join(STEP_NETWORKS))
+  parser.add_argument('--out', default='', help='also write the tables to this markdown file')
   args = parser.parse_args()
   flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags; argparse owns the CLI
   logging.set_verbosity(logging.WARNING)
-  data_dir = pathlib.Path(args.data_dir)
-  path = datasets.prepare('synthetic_atlas', recipes.RECIPES['agmr_2p5d'], data_dir=data_dir,
-                          num_subjects=args.num_subjects)
-  dataset = pipeline.SliceDataset(path)
-  rows = ['| what | workers | slices/s | slices/s per core |', '|---|---|---|---|']
-  for name, config in AUGMENTATIONS.items():
-    for workers in (int(w) for w in args.workers.split(',')):
-      rate = loader_rate(dataset, config, workers, args.batches)
-      rows.append(f'| loader, {name} | {workers} | {rate:.0f} | {rate / max(workers, 1):.0f} |')
-      print(rows[-1], flush=True)
-  vol_rate = builder_rate(data_dir, args.num_subjects)
-  rows.append(f'| builder (agmr_2p5d records) | 0 | {vol_rate:.2f} volumes/s | |')
-  print(f'\n{os.cpu_count()} CPUs, 192x192x4 float16 records, batch 16\n')
-  print('\n'.join(rows))
+  path = datasets.prepare('synthetic_atlas', recipes.RECIPES['agmr_2p5d'],
+                          data_dir=pathlib.Path(args.data_dir), num_subjects=args.num_subjects)
+  loader_rows, best = loader_table(pipeline.SliceDataset(path),
+                                   [int(w) for w in args.workers.split(',')], args.batches)
+  costs = {name: step_costs(name, args.step_batch, args.step_repeats)
+           for name in args.networks.split(',') if name}
+  tables = [*loader_rows]
+  if costs:
+    tables += ['', *step_table(costs, args.step_batch), '', *demand_table(costs, best)]
+  text = '\n'.join([
+      f'commit {_commit()}; {common.cpu_name()}; 192x192x4 float16 records, loader batch 16; '
+      f'`python -m benchmarks.pipeline_throughput {" ".join(sys.argv[1:])}`'.rstrip(),
+      '', *tables])
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).write_text(text + '\n')
 
 
 if __name__ == '__main__':

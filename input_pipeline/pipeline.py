@@ -4,11 +4,12 @@ Training is one chain (random access all the way to the batch, so every element'
 with it its augmentation seed, is fixed by the config seed alone):
 
     source[fold...] -> seed -> shuffle (reshuffled per epoch) -> [process::processes]
-        -> repeat -> to float32 -> [augment (seeded from (seed, index))] -> batch -> prefetch
+        -> repeat -> [augment (seeded from (seed, index))] -> batch -> prefetch
 
 The augment stage runs only with config.data.augment_on = 'host'. By default the random
 transforms run on the device, inside the jitted train step (input_pipeline.augment.device), and
-the host only reads, decodes and batches.
+the host only reads, decodes and batches; the image stays in the records' float16 until the
+train step casts it (host augmentation works in float32).
 
 Each process reads a disjoint shard; batches are per-process and become one global batch in the
 train loop. The iterator's state is small (the next index) and is checkpointed with the model.
@@ -140,9 +141,9 @@ def lesion_repeats(lesion_pixels: np.ndarray, factor: int,
 
 
 def to_training_element(record: Element) -> Element:
-  """Keeps what a train step eats, as float32 image and uint8 mask."""
-  return {'image': np.asarray(record['image'], np.float32),
-          'mask': np.asarray(record['mask'], np.uint8)}
+  """Keeps what a train step eats: the image as stored (float16 records stay float16: half the
+  bytes to batch and send, and the train step casts to float32 on the device) and a uint8 mask."""
+  return {'image': np.asarray(record['image']), 'mask': np.asarray(record['mask'], np.uint8)}
 
 
 def train_dataset(source: grain.MapDataset, *, batch_size: int, seed: int,
