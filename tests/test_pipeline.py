@@ -135,6 +135,17 @@ def test_augmentation_moves_image_and_mask_together(tiny_built):
   assert lesion_batches > 0  # The masks checked were not all empty.
 
 
+def test_batches_stay_float16_unless_augmented_on_the_host(tiny_built):
+  """Without host augmentation the loader only reads and batches: the records' float16 goes to
+  the device as is (the train step casts); the host augmentation works in float32."""
+  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+  source = pipeline.SliceDataset(tiny_built).source([0, 1])
+  for where, dtype in (('device', np.float16), ('host', np.float32)):
+    ds = pipeline.train_dataset(source, batch_size=2, seed=3,
+                                augment=augment.host_augment('mdanet', where))
+    assert ds[0]['image'].dtype == dtype and ds[0]['mask'].dtype == np.uint8
+
+
 def test_augmented_batches_are_reproducible_and_differ_from_plain_ones(tiny_built):
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
   ds = pipeline.SliceDataset(tiny_built)
