@@ -129,6 +129,22 @@ def hlo_descriptions(hlo_text: str) -> dict[str, str]:
   return out
 
 
+def op_kind(description: str) -> str:
+  """What an op of the training step does, from its hlo_descriptions() entry: 'forward conv',
+  'input-gradient conv', 'kernel-gradient conv' (autodiff's, under transpose(jvp(...))),
+  'layout copy' or 'other' (elementwise, reductions, BN, loss, optimizer)."""
+  opcode = description.split(' ', 1)[0]
+  if not re.search(r'convolution|dot', opcode):
+    return 'layout copy' if re.search(r'copy|transpose', opcode) else 'other'
+  if 'transpose(jvp(' not in description:
+    return 'forward conv'
+  window = re.search(r'window=\{size=(\d+)x(\d+)', description)
+  shape = re.search(r' f32\[(\d+),(\d+),(\d+),\d+\]', description)
+  if (window and int(window[1]) > 9) or (shape and shape[2] == shape[3] and int(shape[2]) <= 9):
+    return 'kernel-gradient conv'  # an image-sized window, or a (C, k, k, C') result.
+  return 'input-gradient conv'
+
+
 def op_self_times(trace_events: list[dict]) -> dict[str, list[float]]:
   """{hlo_op: [self microseconds, count]}: each XLA op's duration minus its nested ops' (e.g.
   a while loop's body), per thread, from a Chrome/Perfetto trace's complete ('X') events."""
@@ -175,8 +191,12 @@ def profile_steps(step, compiled, cfg: dict, top: int = 10) -> dict:
       [{'op': op, 'self_ms_per_step': t / 1e3 / steps, 'calls_per_step': n / steps,
         'hlo': described.get(op, '')} for op, (t, n) in ranked], indent=0))
   (out_dir / 'step.hlo.txt').write_text(compiled.as_text())
+  by_kind = collections.Counter()
+  for op, (t, _) in ranked:
+    by_kind[op_kind(described.get(op, ''))] += t / 1e3 / steps
   ranked = ranked[:top]
   return {'trace': str(trace), 'steps': steps, 'op_ms_per_step': op_us / 1e3 / steps,
+          'ms_per_step_by_kind': dict(by_kind.most_common()),
           'top_ops': [{'op': op, 'self_ms_per_step': t / 1e3 / steps,
                        'share': t / op_us if op_us else None, 'calls_per_step': n / steps,
                        'hlo': described.get(op, '')[:240]}

@@ -30,8 +30,10 @@ def profile_lines(r: dict) -> list[str]:
   prof = r.get('profile') if _ok(r) else None
   if not prof:
     return []
-  lines = [f"  profile: {prof['trace']}; XLA op time {prof['op_ms_per_step']:.0f} ms/step "
-           f"over {prof['steps']} steps; top ops by self time:"]
+  kinds = ', '.join(f'{k} {v:.0f}' for k, v in prof.get('ms_per_step_by_kind', {}).items())
+  lines = [f"  profile: {prof['trace']}",
+           f"  XLA op time {prof['op_ms_per_step']:.0f} ms/step over {prof['steps']} steps "
+           f"(summed over threads); by kind, ms/step: {kinds}; top ops by self time:"]
   lines += [f"  {o['self_ms_per_step']:9.1f} ms {100 * (o['share'] or 0):5.1f}% "
             f"x{o['calls_per_step']:g} {o['op']}: {o['hlo']}" for o in prof['top_ops']]
   return lines

@@ -166,6 +166,19 @@ def test_hlo_descriptions_name_the_op_window_and_source():
       'jit(step)/transpose(jvp(M))/c')
 
 
+def test_op_kind_tells_forward_from_gradient_convolutions():
+  kind = throughput_jax.op_kind
+  assert kind('fusion[convolution window={size=3x3 pad=1_1x1_1}] f32[2,8,8,4] jit(s)/jvp(M)/c') == (
+      'forward conv')
+  assert kind('fusion[convolution window={size=224x176 pad=1_1x1_1}] f32[32,3,3,128] '
+              'jit(s)/transpose(jvp(M))/c') == 'kernel-gradient conv'
+  assert kind('dot f32[64,2,2,32] jit(s)/transpose(jvp(M))/up') == 'kernel-gradient conv'
+  assert kind('fusion[convolution window={size=3x3 pad=1_1x1_1}] f32[2,96,96,64] '
+              'jit(s)/transpose(jvp(M))/c') == 'input-gradient conv'
+  assert kind('fusion[copy] f32[3,3,512,2048]') == 'layout copy'
+  assert kind('fusion[add] f32[2,8]') == kind('') == 'other'
+
+
 def test_jax_worker_measures_memory_and_profiles_a_toy_unet(tmp_path: pathlib.Path, monkeypatch):
   """One real worker run (a 16x16 U-Net of widths 4, 8): XLA's memory figures, the host peak
   after compiling, and a profile whose top ops are named XLA ops of the step."""
@@ -181,10 +194,11 @@ def test_jax_worker_measures_memory_and_profiles_a_toy_unet(tmp_path: pathlib.Pa
   profile = record['profile']
   assert pathlib.Path(profile['trace']).is_file() and 0 < len(profile['top_ops']) <= 10
   assert profile['top_ops'][0]['hlo'] and profile['op_ms_per_step'] > 0
+  assert 'kernel-gradient conv' in profile['ms_per_step_by_kind']
   shares = [o['share'] for o in profile['top_ops']]
   assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
   lines = report.profile_lines({**record, 'status': 'ok'})
-  assert len(lines) == 1 + len(profile['top_ops'])
+  assert len(lines) == 2 + len(profile['top_ops'])
 
 
 GPU_MACHINE_MISSING = ('grain', 'nibabel', 'ml_collections', 'tensorflow_datasets', 'tensorflow')
