@@ -174,7 +174,17 @@ def current_rss_bytes() -> int:
 
 
 def reset_peak_rss() -> bool:
-  """Resets this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); True if done."""
+  """Resets this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0); True if done.
+
+  First hands memory that was freed but kept by glibc's malloc back to the OS (malloc_trim):
+  after compiling, XLA's freed compilation memory otherwise stays resident (about 320 MiB of
+  the U-Net train step's 645 MiB here) and would be counted as the step's.
+  """
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL('libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
   try:
     with open('/proc/self/clear_refs', 'w') as f:
       f.write('5')
