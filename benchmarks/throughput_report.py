@@ -161,11 +161,14 @@ def markdown(results: dict) -> str:
   cpu_only = all(r.get('platform') in (None, 'cpu') for r in runs)
   title = '# XLA vs PyTorch throughput'
   lines = [title, '']
-  if meta['smoke'] or cpu_only:
-    devices = ', '.join(sorted({f"`{r['device']}`" for r in runs if _ok(r)})) or 'unknown'
+  devices = ', '.join(sorted({f"`{r['device']}`" for r in runs if _ok(r)})) or 'unknown'
+  if meta['smoke']:
     lines += [f'**CPU SMOKE TEST on {devices}: checks that the harness runs end to end. Not '
               'a performance claim** (tiny batches, a few timed steps, a shared CPU; XLA:CPU '
               'convolutions are known to be slower than oneDNN).', '']
+  elif cpu_only:
+    lines += [f'**CPU measurement on {devices}**: XLA:CPU against PyTorch\'s CPU kernels '
+              '(oneDNN); it says nothing about GPU throughput (docs/performance.md).', '']
   lines += [f"Date {meta['date']}; settings {json.dumps(meta['settings'])}; "
             f"label: {meta['label'] or '-'}; command: `{' '.join(meta['argv'])}`"]
   lines += [f"Continued {r['date']}: `{' '.join(r['argv'])}`" for r in meta.get('resumed', [])]

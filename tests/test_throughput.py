@@ -93,7 +93,8 @@ def test_resume_runs_only_missing_configurations(tmp_path: pathlib.Path, monkeyp
   assert {r['commit'] for r in results['runs']} == {'abc1234'}
   text = first.with_suffix('.md').read_text()
   assert 'Continued' in text
-  assert 'CPU SMOKE TEST on `cpu`' in text  # a CPU table says so and names the device.
+  assert 'CPU measurement on `cpu`' in text  # a CPU table says so and names the device.
+  assert 'SMOKE' not in text  # only --smoke runs are smoke tests.
 
 
 def test_resume_refuses_runs_from_another_commit(tmp_path: pathlib.Path, monkeypatch, capsys):
