@@ -27,7 +27,8 @@ def test_dependencies_are_the_requirements_pins():
 
 def test_console_scripts_cover_every_command():
   assert set(SCRIPTS) == {'agmr-train', 'agmr-evaluate', 'agmr-predict', 'agmr-crossval',
-                          'agmr-compare', 'agmr-build', 'agmr-sweep', 'agmr-evaluate-folder'}
+                          'agmr-compare', 'agmr-build', 'agmr-sweep', 'agmr-evaluate-folder',
+                          'agmr-study'}
 
 
 @pytest.mark.parametrize('name', sorted(SCRIPTS))
