@@ -142,3 +142,28 @@ def test_paired_wilcoxon_and_holm_of_a_study_table():
     # Holm over the two: 2 * 2/32 = 0.125, then max(0.125, 6/32) = 0.1875.
     assert table[1][f'{m}_p_holm'] == pytest.approx(0.125)
     assert table[2][f'{m}_p_holm'] == pytest.approx(0.1875)
+
+
+def test_slurm_mode_writes_an_array_of_the_unfinished_runs(tmp_path, data_dir, capsys):
+  root = tmp_path / 'root'
+  assert study.main(_argv(root, data_dir, '--run=slurm')) == 0
+  assert '#SBATCH --array=0-1' in (root / 'sweep.sbatch').read_text()
+  assert 'sbatch' in capsys.readouterr().out
+  text = (root / 'study.md').read_text()
+  assert 'Not finished yet (no row): unet, attention_unet' in text
+
+
+@pytest.mark.parametrize('name,reference,dataset', [
+    ('synthetic_atlas', 'agmr_net', 'synthetic_atlas'),
+    ('synthetic_isles2018', 'mdanet', 'synthetic_isles2018')])
+def test_committed_studies_share_their_protocol(name, reference, dataset, tmp_path):
+  definition = study.load_study(f'configs/studies/{name}.py')
+  points = study.make_points(definition, tmp_path, {})
+  assert points[0][0] == reference and len(points) == len(definition.entries)
+  for entry, _, point in points:
+    config = point.config
+    assert config.model == entry
+    assert (config.data.dataset, config.data.test_fold, config.data.image_size) == (
+        dataset, 4, (64, 64))
+    assert config.num_train_steps == points[0][2].config.num_train_steps
+    assert config.write_predictions and config.final_eval
