@@ -47,6 +47,9 @@ RESUME_MAY_CHANGE = frozenset({
     'write_predictions', 'eval_batch_size', 'data.data_dir', 'data.manual_dir',
     'data.worker_count'})
 _LENGTH = frozenset({'num_train_steps', 'num_epochs'})
+# Fields added after runs were saved, with the value those runs had (a config.json without the
+# field was trained that way): augmentation ran on the host before data.augment_on existed.
+FORMER_DEFAULTS = {'data.augment_on': 'host'}
 
 
 def eval_dir(workdir, name: str = 'test') -> pathlib.Path:
@@ -117,7 +120,15 @@ def config_changes(workdir, config: ml_collections.ConfigDict) -> list[tuple[str
   path = pathlib.Path(workdir) / CONFIG
   if not path.exists():
     return []
-  return sorted(_changes(_read_json(path), json.loads(config.to_json_best_effort())))
+  saved = _read_json(path)
+  for key, value in FORMER_DEFAULTS.items():
+    *parents, last = key.split('.')
+    node = saved
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(last, value)
+  return sorted(_changes(saved, json.loads(config.to_json_best_effort())))
 
 
 def _changes(a, b, prefix=''):

@@ -3,6 +3,7 @@
 Runs share one persistent compilation cache (conftest), so each network compiles once per session.
 """
 
+import json
 import os
 import signal
 import time
@@ -107,6 +108,18 @@ def test_resuming_under_another_config_is_refused(data_dir, tmp_path, caplog):
                                               **{'data.data_dir': '/elsewhere'}))
   runs.check_resumable(tmp_path, tiny_config(data_dir, num_train_steps=12))
   assert 'num_train_steps 12 (was 6)' in caplog.text
+
+
+def test_a_run_saved_before_augment_on_existed_resumes_on_the_host(data_dir, tmp_path):
+  """A config.json without data.augment_on was trained with host augmentation: resuming it
+  under the new default ('device') is refused, under 'host' it is allowed."""
+  saved = json.loads(tiny_config(data_dir).to_json_best_effort())
+  del saved['data']['augment_on']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"data.augment_on: 'host' -> 'device'"):
+    runs.check_resumable(tmp_path, tiny_config(data_dir, **{'data.augment_on': 'device'}))
+  runs.check_resumable(tmp_path, tiny_config(data_dir, **{'data.augment_on': 'host'}))
 
 
 def test_resume_skips_a_damaged_checkpoint_and_still_reaches_the_same_parameters(
