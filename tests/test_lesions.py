@@ -147,3 +147,14 @@ def test_vectorised_counts_equal_the_per_lesion_loops(seed):
     m = lesions.lesion_metrics(pred, truth, variant=variant)
     assert (m['lesion_f1'], m['lesion_count_diff']) == pytest.approx(
         _naive(pred, truth, structure))
+
+
+def test_refusals_name_what_is_wrong():
+  with pytest.raises(ValueError, match=r'^lesion metrics need a 3D volume, got shape \(4, 4\)$'):
+    lesions.components(np.zeros((4, 4), bool))
+  with pytest.raises(ValueError, match="^unknown lesion-metric variant 'isles'; "
+                     'known: isles22, atlas2$'):
+    lesions.lesion_metrics(np.zeros((2, 2, 2), bool), np.zeros((2, 2, 2), bool), variant='isles')
+  with pytest.raises(ValueError, match=r'^prediction \(2, 2, 2\) and truth \(2, 2, 3\) '
+                     'differ in shape$'):
+    lesions.lesion_metrics(np.zeros((2, 2, 2), bool), np.zeros((2, 2, 3), bool))

@@ -2,12 +2,14 @@
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
+from agmr_jax.evaluation import lesions
 from agmr_jax.evaluation import metrics
 
 SPACING = (0.9, 1.1, 3.0)
@@ -279,3 +281,40 @@ def test_summaries_of_rows_without_voxel_counts_have_no_global_dsc():
   summary = metrics.summarize(rows)
   assert 'global_dsc' not in summary and summary['dsc']['mean'] == 0.75
   assert 'global_dsc' not in metrics.summarize([])
+
+
+def test_summarize_counts_every_empty_kind_without_warnings():
+  m = _cube((6, 6, 6), (1, 1, 1), 3)
+  z = np.zeros_like(m)
+  rows = [metrics.case_metrics(*pair, SPACING) for pair in ((z, m), (m, z), (z, z), (m, m))]
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # numpy warns on the mean of nothing and std with n <= ddof
+    s = metrics.summarize(rows, ddof=1)
+    only_empty = metrics.summarize(rows[:1])
+  assert (s['num_cases'], s['num_both_empty'], s['num_pred_empty'], s['num_truth_empty']) == (
+      4, 1, 1, 1)
+  assert s['hd95']['n'] == 1 and math.isnan(s['hd95']['std'])  # one value, ddof=1
+  assert math.isnan(only_empty['hd95']['mean']) and only_empty['hd95']['n'] == 0
+
+
+def test_summarize_is_float64_whatever_the_rows_type():
+  values = [0.1, 0.2, 0.7]
+  s = metrics.summarize([dict(dsc=np.float32(v)) for v in values])
+  exact = np.asarray([np.float32(v) for v in values], np.float64)
+  assert s['dsc']['mean'] == float(exact.mean()) and s['dsc']['std'] == float(exact.std())
+
+
+def test_case_metrics_lesion_metrics_use_its_spacing_and_variant():
+  pred, truth = _blobs(1), _blobs(2, threshold=0.7)
+  for variant in ('isles22', 'atlas2'):
+    expected = lesions.lesion_metrics(pred, truth, SPACING, variant=variant)
+    row = metrics.case_metrics(pred, truth, SPACING, lesion_variant=variant)
+    assert {k: row[k] for k in expected} == pytest.approx(expected, nan_ok=True)
+  isles = lesions.lesion_metrics(pred, truth, SPACING)
+  assert expected != isles  # the variants differ on these masks, and so does the spacing:
+  assert isles['volume_diff_ml'] != lesions.lesion_metrics(pred, truth)['volume_diff_ml']
+
+
+def test_surface_distances_of_an_empty_mask_say_so():
+  with pytest.raises(ValueError, match='^surface distances need two non-empty masks$'):
+    metrics.surface_distances(np.zeros((3, 3, 3)), np.ones((3, 3, 3)))

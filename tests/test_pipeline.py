@@ -296,3 +296,22 @@ def test_as_many_processes_as_records_each_read_one(tiny_built):
   assert _elements(last, 0, 1)[0]['image'].shape == source[0]['image'].shape  # one per epoch
   with pytest.raises(ValueError, match=f'{n} records cannot be sharded over {n + 1} processes'):
     pipeline.train_dataset(source, batch_size=1, seed=0, process_count=n + 1)
+
+
+def test_case_balanced_repeats_are_clipped_to_1_and_factor_squared():
+  import warnings  # pylint: disable=g-import-not-at-top
+
+  import grain  # pylint: disable=g-import-not-at-top
+  # Nine cases of one lesion slice and one of 30: mean 3.9 lesion slices per case. The big case's
+  # round(factor * 3.9 / 30) is 0, raised to 1; the small ones' round(factor * 3.9) is capped.
+  pixels, cases = np.ones(39), [f'c{i}' for i in range(9)] + ['big'] * 30
+  for factor in (2, 3):
+    repeats = pipeline.lesion_repeats(pixels, factor, cases)
+    assert repeats.dtype.kind == 'i'
+    np.testing.assert_array_equal(repeats, [factor**2] * 9 + [1] * 30)
+  source = grain.MapDataset.source(list(range(39)))
+  assert len(pipeline.oversample_lesions(source, pixels, 2, cases)) == 9 * 4 + 30
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')  # no lesion anywhere: no mean of nothing
+    np.testing.assert_array_equal(
+        pipeline.lesion_repeats(np.zeros(4), 2, ['a', 'a', 'b', 'b']), [1, 1, 1, 1])

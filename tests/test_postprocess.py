@@ -145,3 +145,24 @@ def test_training_chooses_on_validation_and_evaluation_applies_it(run):
   for row, (case_id, probs, truth, geometry) in zip(rows, volumes):
     assert row['case_id'] == case_id
     assert row['dsc'] == metrics.dsc(post(probs, geometry.spacing), truth)
+
+
+def test_members_share_a_common_choice_or_get_the_plain_threshold(tmp_path):
+  a, b, c = (tmp_path / name for name in 'abc')
+  for workdir, pp in ((a, PostProcess(0.3, 200.0)), (b, PostProcess(0.3, 200.0)),
+                      (c, PostProcess(0.4, 200.0))):
+    workdir.mkdir()
+    postprocess.save(workdir, pp)
+  assert postprocess.load_shared([a, b]) == (PostProcess(0.3, 200.0),
+                                              "the members' common choice")
+  assert postprocess.load_shared([a, c]) == (PostProcess(),
+                                              'threshold 0.5: the members chose differently')
+
+
+def test_an_empty_tally_says_so_and_removal_returns_a_boolean_mask():
+  with pytest.raises(ValueError, match='^no cases were added$'):
+    tune.Tally([PostProcess()]).means()
+  ones = np.ones((2, 2, 2), np.uint8)
+  for min_mm3 in (0.0, 1.0):
+    kept = postprocess.remove_small_components(ones, (1.0, 1.0, 1.0), min_mm3)
+    assert kept.dtype == bool and kept.all()

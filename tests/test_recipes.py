@@ -316,3 +316,40 @@ def test_normalisation_of_degenerate_volumes():
 def test_storage_keeps_the_largest_float16():
   stored = RECIPES['agmr_2p5d'].to_storage(np.array([65504.0, -65504.0], np.float32))
   np.testing.assert_array_equal(stored, np.array([65504.0, -65504.0], np.float16))
+
+
+def test_outputs_keep_their_documented_dtypes_whatever_the_input_dtype():
+  recipe = Recipe('t', None, crop=None, size=(Y, X))
+  stack = recipe.forward(_volume(1).astype(np.float64))
+  assert stack.images.dtype == np.float32 and stack.masks.dtype == np.uint8
+  assert stack.masks.shape == (Z, Y, X) and not stack.masks.any()
+  back = recipe.inverse(stack.masks.astype(np.float64), stack.geometry)
+  assert back.dtype == np.float32
+  assert recipes.resize_linear(np.ones((2, 3), np.float64), (4, 4)).dtype == np.float32
+  assert recipes._crop(np.ones((1, 4, 4), np.float32), (0, 0, 6, 6)).dtype == np.float32
+  contour = recipes.lesion_contour(np.ones((3, 3), np.uint8))
+  assert contour.dtype == bool and contour.sum() == 8
+  for method in recipes.NORMALIZATIONS:
+    assert recipes.normalize_volume(np.arange(8.0).reshape(2, 2, 2), method).dtype == np.float32
+  flat = recipes.normalize_volume(np.full((2, 2, 2), 3.0), 'minmax')
+  assert flat.shape == (2, 2, 2) and flat.dtype == np.float32 and not flat.any()
+
+
+def test_recipe_refusals_name_the_value():
+  with pytest.raises(ValueError, match='^' + re.escape(
+      "tiny_2p5d: normalize must be one of ('zscore', 'minmax', 'none')") + '$'):
+    dataclasses.replace(RECIPES['tiny_2p5d'], normalize='robust')
+  with pytest.raises(ValueError, match=r"^unknown normalisation 'robust'$"):
+    recipes.normalize_volume(np.zeros((2, 2, 2)), 'robust')
+  stack = Recipe('t', None, crop=None, size=(Y, X)).forward(_volume(1))
+  with pytest.raises(ValueError, match=r'^probs \(1, 2, 3\) do not match geometry SliceGeometry'):
+    Recipe.inverse(np.zeros((1, 2, 3), np.float32), stack.geometry)
+
+
+def test_forward_refusals_name_the_shapes():
+  recipe = Recipe('t', None, crop=None, size=(Y, X))
+  with pytest.raises(ValueError, match=r'^t: image must be \(C, X, Y, Z\), got \(4, 4, 4\)$'):
+    recipe.forward(np.zeros((4, 4, 4), np.float32))
+  with pytest.raises(ValueError, match=r'^t: mask \(4, 4, 4\) does not match image '
+                     rf'\({X}, {Y}, {Z}\)$'):
+    recipe.forward(_volume(1), np.zeros((4, 4, 4), np.uint8))
