@@ -153,8 +153,8 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match=re.escape(
       'prediction (3, 3, 3) and truth (3, 3, 4) differ in shape')):
     metrics.case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)))
-  with pytest.raises(ValueError, match=r'^spacing \(.*1\.0.*\) does not have 3 entries$'):
-    metrics.case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1.0, 1.0))
+  with pytest.raises(ValueError, match=r'^spacing \(1\.0, 2\.0\) does not have 3 entries$'):
+    metrics.case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1, 2))  # plain numbers
 
 
 @pytest.mark.parametrize('connectivity', [1, 3])

@@ -74,7 +74,7 @@ def _spacing(spacing: Spacing, ndim: int) -> np.ndarray:
     return np.ones(ndim, np.float64)
   spacing = np.asarray(spacing, np.float64).reshape(-1)
   if spacing.size != ndim:
-    raise ValueError(f'spacing {tuple(spacing)} does not have {ndim} entries')
+    raise ValueError(f'spacing {tuple(float(s) for s in spacing)} does not have {ndim} entries')
   if not np.all(np.isfinite(spacing) & (spacing > 0)):
     raise ValueError(f'voxel spacing {tuple(float(s) for s in spacing)} must be positive and '
                      'finite (mm per axis)')
