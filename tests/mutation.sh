@@ -30,8 +30,9 @@ declare -A PATTERNS=(
   [pipeline]="input_pipeline.pipeline.x_train_dataset__* input_pipeline.pipeline.x_oversample_lesions__*
     input_pipeline.pipeline.x_lesion_repeats__* input_pipeline.pipeline.*SliceDataset*split_folds__*"
   [orientation]="input_pipeline.orientation.*"
+  [checkpointing]="agmr_jax.checkpointing.x_parse_checkpoint__* agmr_jax.checkpointing.x_choose_checkpoint__*"
 )
-ORDER=(lesions metrics tune postprocess orientation pipeline recipes)
+ORDER=(lesions metrics tune postprocess orientation pipeline recipes checkpointing)
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
 patterns=()
