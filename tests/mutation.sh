@@ -46,16 +46,17 @@ mkdir -p mutants
 "$PY" -m mutmut run --max-children "${JOBS:-2}" "${patterns[@]}" > mutants/run.log 2>&1 \
   || { tail -c 2000 mutants/run.log | tr '\r' '\n' | tail -n 20 >&2; echo "error: mutmut run failed (mutants/run.log)" >&2; exit 1; }
 
+# A file, not a variable: the list of every mutant outgrows an environment variable's limit.
+"$PY" -m mutmut results --all true > mutants/results.txt 2>/dev/null
 MODULES="${modules[*]}" PATTERNS_BY_MODULE="$(for k in "${modules[@]}"; do
-  echo "$k $(echo ${PATTERNS[$k]})"; done)" RESULTS="$("$PY" -m mutmut results --all true 2>/dev/null)" \
-  "$PY" - <<'PYEOF'
+  echo "$k $(echo ${PATTERNS[$k]})"; done)" RESULTS=mutants/results.txt "$PY" - <<'PYEOF'
 import collections
 import fnmatch
 import os
 
 patterns = {line.split()[0]: line.split()[1:] for line in os.environ['PATTERNS_BY_MODULE'].splitlines()}
 status = {}
-for line in os.environ['RESULTS'].splitlines():
+for line in open(os.environ['RESULTS']).read().splitlines():
   name, _, state = line.strip().partition(': ')
   if state:
     status[name] = state

@@ -52,7 +52,8 @@ def test_best_falls_back_to_the_latest_with_a_warning(caplog):
   caplog.set_level(logging.WARNING)
   manager, step = checkpointing.choose_checkpoint(_ckpt([3, 6]), 'run', 'best')
   assert (manager.name, step) == ('latest', 6)
-  assert 'run has no best checkpoint (no validation split?): using the latest' in caplog.text
+  assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+      'run has no best checkpoint (no validation split?): using the latest']
 
 
 @pytest.mark.parametrize('which', ['best', 'latest'])
