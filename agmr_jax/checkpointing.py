@@ -140,6 +140,20 @@ def choose_checkpoint(ckpt: Checkpointer, workdir, which):
   raise FileNotFoundError(f'{workdir}: no checkpoint at step {which} (kept: {kept or "none"})')
 
 
+def read_saved_state(workdir, step: int) -> dict:
+  """The TrainState saved at `step` as a tree of numpy arrays, whatever topology wrote it (for
+  comparing runs bitwise: reproducibility tests and the accelerator check)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path = (pathlib.Path(workdir) / runs.CHECKPOINTS / str(step) / 'state').absolute()
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path).item_metadata
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
+    state = checkpointer.restore(path, target)
+  return jax.tree.map(np.asarray, state)
+
+
 def restore_variables(workdir, config, model, mesh, input_shape, checkpoint) -> tuple[int, dict]:
   """(step, variables) of the chosen checkpoint, replicated over the mesh."""
   workdir = pathlib.Path(workdir)

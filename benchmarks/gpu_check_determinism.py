@@ -138,18 +138,9 @@ def _compare(ctx, a: str, b: str) -> dict:
 
 def _read_state(workdir: pathlib.Path) -> tuple[int, dict]:
   """(step, the last saved TrainState as numpy arrays)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from agmr_jax import checkpointing  # pylint: disable=g-import-not-at-top
   step = max(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
-  path = (workdir / 'checkpoints' / str(step) / 'state').absolute()
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(path).item_metadata
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
-    state = checkpointer.restore(path, target)
-  return step, jax.tree.map(np.asarray, state)
+  return step, checkpointing.read_saved_state(workdir, step)
 
 
 def compare(a: pathlib.Path, b: pathlib.Path) -> dict:

@@ -16,7 +16,8 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+
+from agmr_jax import checkpointing
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=1'
@@ -104,14 +105,7 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 def read_state(workdir: pathlib.Path, step: int | None = None) -> tuple[int, dict]:
   """(step, the saved TrainState as a dict of numpy arrays), whatever topology wrote it."""
   step = checkpoint_steps(workdir)[-1] if step is None else step
-  path = (workdir / 'checkpoints' / str(step) / 'state').absolute()
-  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(path).item_metadata
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
-    state = checkpointer.restore(path, target)
-  return step, jax.tree.map(np.asarray, state)
+  return step, checkpointing.read_saved_state(workdir, step)
 
 
 def assert_trees_equal(a, b) -> None:
