@@ -50,7 +50,8 @@ def _cells(line: str) -> list[str]:
 
 
 # Its loader table's header today: progress rows (stderr, all a timed-out run leaves) come without.
-DEFAULT_HEADER = ['preset', 'augmentation on', 'workers', 'slices/s', 'slices/s per core']
+DEFAULT_HEADER = ['preset', 'augmentation on', 'records', 'workers', 'slices/s',
+                  'slices/s per core (CPU time)']
 
 
 def parse_rows(text: str) -> list[dict]:

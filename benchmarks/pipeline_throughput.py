@@ -6,11 +6,15 @@ r"""Can the input pipeline feed an accelerator? Host supply beside device demand
 Uses synthetic ATLAS-like subjects built with the AGMR 2.5D recipe (192x192x4 float16 records),
 writing them first if needed. Three tables, printed once at the end (progress goes to stderr):
 
-1. Loader: batches of 16 slices through the Grain training chain (record read and decode,
-   float16 -> float32, [augmentation], batching) for every preset of AUGMENT_PRESETS, with the
-   augmentation on the host (config.data.augment_on='host') and on the device (the host then only
-   reads, decodes and batches), with 0 and 2 worker processes; warm-up batches excluded.
-   'per core' divides by the processes doing the work (max(workers, 1)).
+1. Loader: batches of 16 slices through the Grain training chain for every preset of
+   AUGMENT_PRESETS, with the augmentation on the host (config.data.augment_on='host': read,
+   decode, float32, augment, stack) and on the device (the host only reads the batch's records
+   and decodes them into the float16 batch: input_pipeline/records.py), with 0 and 2 worker
+   processes, warm-up batches excluded. The records are written uncompressed (the default codec);
+   the first rows read zstd records (the former default) with the former chain (TFDS's generic
+   decoder per record, Grain's stack) and with today's, for comparison in the same run. Beside slices/s of wall time, slices/s
+   per core: slices over the CPU time (user + system, every thread) of the main process and its
+   Grain workers while the batches were made, i.e. what one fully used core supplies.
 2. Device augmentation in a training step: AGMR-Net and U-Net at their paper input (192x192x4),
    the project's train step (Adam, float32) with and without the preset that costs most on the
    device ('thesis': flips, rotation, elastic, brightness, contrast), compiled once each and timed
@@ -19,8 +23,8 @@ writing them first if needed. Three tables, printed once at the end (progress go
    the same batch (best of 5), per preset, as a share of the best plain step.
 3. Demand: the slices/s an H100 at 35% of its dense bf16 peak consumes, from XLA's FLOP count of
    the training step (the throughput harness's convention, benchmarks/throughput_common.py), and
-   the host cores that supply it at table 1's best per-core rate with augmentation on the device
-   and on the host.
+   the host cores that supply it at table 1's slices per CPU-second (each preset's best row; for
+   the device, the slowest preset's).
 Numbers on a shared machine are lower bounds; compare rows of one run only.
 """
 
@@ -31,6 +35,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -38,6 +44,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-pos
 
 from benchmarks import throughput_common as common  # pylint: disable=wrong-import-position
 from input_pipeline import augment  # pylint: disable=wrong-import-position
+from input_pipeline import builder as builder_lib  # pylint: disable=wrong-import-position
 from input_pipeline import datasets  # pylint: disable=wrong-import-position
 from input_pipeline import pipeline  # pylint: disable=wrong-import-position
 from input_pipeline import recipes  # pylint: disable=wrong-import-position
@@ -52,42 +59,83 @@ def _progress(text: str) -> None:
   print(text, file=sys.stderr, flush=True)
 
 
+def _cpu_seconds(processes) -> float:
+  """User + system CPU seconds of the processes so far (all their threads)."""
+  total = 0.0
+  for proc in processes:
+    try:
+      times = proc.cpu_times()
+      total += times.user + times.system
+    except psutil.Error:
+      pass  # A worker that already exited: its time is lost (noted by a lower CPU count).
+  return total
+
+
+def former_chain(dataset, batch_size: int):
+  """The training chain before issue 23's reader: TFDS's generic decoder per record (all seven
+  features), the training fields kept, the batch stacked by Grain."""
+  source = dataset.source(range(dataset.num_folds))
+  keep = lambda r: {'image': r['image'], 'mask': r['mask']}
+  return source.seed(0).shuffle()[0::1].repeat().map(keep).batch(batch_size, drop_remainder=True)
+
+
 def loader_rate(dataset, preset: str, augment_on: str, workers: int, batches: int,
-                batch_size: int = 16) -> float:
-  """Slices/s of the training chain with the preset's host augmentation or none."""
-  host = augment.host_augment(preset, augment_on)
-  ds = pipeline.train_dataset(dataset.source(range(dataset.num_folds)), batch_size=batch_size,
-                              seed=0, augment=host)
+                batch_size: int = 16) -> tuple[float, float]:
+  """(slices/s of wall time, slices per CPU-second of every process doing the work) of the
+  training chain with the preset's host augmentation or none ('former': the former reader)."""
+  if preset == 'former':
+    ds = former_chain(dataset, batch_size)
+  else:
+    host = augment.host_augment(preset, augment_on)
+    ds = pipeline.train_dataset(dataset.train_records(range(dataset.num_folds)),
+                                batch_size=batch_size, seed=0, augment=host)
   it = pipeline.make_iterator(ds, worker_count=workers, worker_buffer_size=4)
   try:
     for _ in range(max(4, 2 * workers)):  # warm-up: worker start, first reads
       next(it)
-    start = time.perf_counter()
+    me = psutil.Process()
+    processes = [me, *me.children(recursive=True)]
+    cpu, start = _cpu_seconds(processes), time.perf_counter()
     for _ in range(batches):
       next(it)
-    return batches * batch_size / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds(processes) - cpu
+    return batches * batch_size / wall, batches * batch_size / max(cpu, 1e-9)
   finally:
     if hasattr(it, 'close'):
       it.close()
 
 
-def loader_table(dataset, workers: list[int], batches: int) -> tuple[list[str], dict]:
-  """Table 1 rows and {(preset, augment_on): best slices/s per core}."""
-  rows = ['| preset | augmentation on | workers | slices/s | slices/s per core |',
-          '|---|---|---|---|---|']
+def loader_table(built: dict, workers: list[int], batches: int) -> tuple[list[str], dict]:
+  """Table 1 rows and {(preset, augment_on): best slices/s per core}. `built`: codec -> dataset;
+  the presets read the default codec's records; the first two rows read zstd records with the
+  former reader and with today's."""
+  rows = ['| preset | augmentation on | records | workers | slices/s | slices/s per core (CPU '
+          'time) |', '|---|---|---|---|---|---|']
   best = {}
-  for preset in augment.AUGMENT_PRESETS:
-    for where in ('host', 'device'):
-      if preset == 'none' and where == 'host':
-        continue  # Nothing to run on the host: the device row is the same chain.
-      for n in workers:
-        rate = loader_rate(dataset, preset, where, n, batches)
-        per_core = rate / max(n, 1)
+  default = builder_lib.DEFAULT_CODEC
+  runs = [('former', 'nothing', 'zstd'), ('none', 'device', 'zstd')] + [
+      (preset, where, default) for preset in augment.AUGMENT_PRESETS
+      for where in ('host', 'device')
+      if not (preset == 'none' and where == 'host')]  # 'none' on the host: the device chain.
+  for preset, where, codec in runs:
+    for n in workers:
+      rate, per_core = loader_rate(built[codec], preset, where, n, batches)
+      if codec == default:
         best[(preset, where)] = max(best.get((preset, where), 0.0), per_core)
-        label = 'nothing' if preset == 'none' else where
-        rows.append(f'| {preset} | {label} | {n} | {rate:,.0f} | {per_core:,.0f} |')
-        _progress(rows[-1])
+      label = ('nothing (former TFDS reader)' if preset == 'former'
+               else 'nothing' if preset == 'none' else where)
+      rows.append(f'| {preset} | {label} | {codec} | {n} | {rate:,.0f} | {per_core:,.0f} |')
+      _progress(rows[-1])
   return rows, best
+
+
+def disk_line(built: dict) -> str:
+  """The records' size per codec."""
+  size = {c: sum(f.stat().st_size for f in ds.path.glob('*.array_record-*')) / 2**20
+          for c, ds in built.items()}
+  slices = len(next(iter(built.values())).records(range(next(iter(built.values())).num_folds)))
+  return ('Records on disk: ' + ', '.join(f'{c} {mb:,.1f} MiB' for c, mb in size.items())
+          + f' ({slices} slices).')
 
 
 def _timed(fn, *args) -> float:
@@ -157,7 +205,7 @@ def step_table(costs: dict, batch_size: int) -> list[str]:
 
 def demand_table(costs: dict, best: dict) -> list[str]:
   peak = common.PEAK_FLOPS['H100 SXM']['bf16']
-  device_rate = max(r for (p, where), r in best.items() if where == 'device')
+  device_rate = min(r for (p, where), r in best.items() if where == 'device')
   host_presets = [p for (p, where) in best if where == 'host']
   rows = ['| network | train step GFLOP/slice | H100 at 35% bf16 MFU, slices/s | host cores, '
           'augmentation on the device | ' + ' | '.join(f'host cores, {p} on the host'
@@ -196,13 +244,13 @@ def main():
   args = parser.parse_args()
   flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags; argparse owns the CLI
   logging.set_verbosity(logging.WARNING)
-  path = datasets.prepare('synthetic_atlas', recipes.RECIPES['agmr_2p5d'],
-                          data_dir=pathlib.Path(args.data_dir), num_subjects=args.num_subjects)
-  loader_rows, best = loader_table(pipeline.SliceDataset(path),
-                                   [int(w) for w in args.workers.split(',')], args.batches)
+  built = {codec: pipeline.SliceDataset(datasets.prepare(
+      'synthetic_atlas', recipes.RECIPES['agmr_2p5d'], data_dir=pathlib.Path(args.data_dir) / codec,
+      num_subjects=args.num_subjects, codec=codec)) for codec in builder_lib.CODECS}
+  loader_rows, best = loader_table(built, [int(w) for w in args.workers.split(',')], args.batches)
   costs = {name: step_costs(name, args.step_batch, args.step_repeats)
            for name in args.networks.split(',') if name}
-  tables = [*loader_rows]
+  tables = [*loader_rows, '', disk_line(built)]
   if costs:
     tables += ['', *step_table(costs, args.step_batch), '', *demand_table(costs, best)]
   text = '\n'.join([

@@ -71,12 +71,14 @@ def resolve(dataset: str, data_dir: str | os.PathLike, manual_dir: str | os.Path
 
 def prepare(dataset: str, recipe: recipes_lib.Recipe, *, data_dir: str | os.PathLike,
             manual_dir: str | os.PathLike | None = None, num_subjects: int = 20,
-            seed: int = 0, num_folds: int = 5, split_seed: int = 0) -> pathlib.Path:
-  """Writes/builds what is missing; returns the built records' folder."""
+            seed: int = 0, num_folds: int = 5, split_seed: int = 0,
+            codec: str = builder_lib.DEFAULT_CODEC) -> pathlib.Path:
+  """Writes/builds what is missing; returns the built records' folder (`codec`: a new build's
+  record compression, builder.CODECS)."""
   source = resolve(dataset, data_dir, manual_dir, num_subjects, seed)
   if recipe.modalities is None:
     recipe = dataclasses.replace(
         recipe, modalities=tuple(layouts.modalities_of(source.layout, source.manual_dir)))
   return builder_lib.build(source=source.name, layout=source.layout, recipe=recipe,
                            data_dir=data_dir, manual_dir=source.manual_dir,
-                           num_folds=num_folds, split_seed=split_seed)
+                           num_folds=num_folds, split_seed=split_seed, codec=codec)

@@ -1,15 +1,16 @@
 """The Grain pipeline: slice records -> shuffled, augmented, batched numpy batches.
 
-Training is one chain (random access all the way to the batch, so every element's position, and
-with it its augmentation seed, is fixed by the config seed alone):
+Training is one chain over record indices (random access all the way to the batch, so every
+element's position, and with it its augmentation seed, is fixed by the config seed alone):
 
-    source[fold...] -> seed -> shuffle (reshuffled per epoch) -> [process::processes]
-        -> repeat -> [augment (seeded from (seed, index))] -> batch -> prefetch
+    range(records) -> seed -> shuffle (reshuffled per epoch) -> [process::processes] -> repeat
+        -> batch, reading the batch's records into it (records.TrainRecords) -> prefetch
+    or, with config.data.augment_on = 'host':
+        ... -> repeat -> read -> augment (seeded from (seed, index)) -> batch -> prefetch
 
-The augment stage runs only with config.data.augment_on = 'host'. By default the random
-transforms run on the device, inside the jitted train step (input_pipeline.augment.device), and
-the host only reads, decodes and batches; the image stays in the records' float16 until the
-train step casts it (host augmentation works in float32).
+By default the random transforms run on the device, inside the jitted train step
+(input_pipeline.augment.device), and the host only reads, decodes and batches; the image stays in
+the records' float16 until the train step casts it (host augmentation works in float32).
 
 Each process reads a disjoint shard; batches are per-process and become one global batch in the
 train loop. The iterator's state is small (the next index) and is checkpointed with the model.
@@ -22,7 +23,6 @@ import collections
 import dataclasses
 import json
 import pathlib
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import builder as builder_lib
+from input_pipeline import records as records_lib
 from input_pipeline import splits as splits_lib
 
 Element = dict[str, Any]
@@ -69,6 +70,15 @@ class SliceDataset:
     parts = [grain.MapDataset.source(self.fold_source(k)) for k in sorted(folds)]
     return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
 
+  def train_records(self, folds: Sequence[int]) -> records_lib.TrainRecords:
+    """The image and mask of the records of `source(folds)`, in the same order, for training."""
+    info = self._builder.info
+    shards = [records_lib.Shard(f.filename, f.skip, f.take) for k in sorted(folds)
+              for f in info.splits[f'fold{k}'].file_instructions]
+    return records_lib.TrainRecords(
+        shards, root=str(self.path), image_shape=info.features['image'].shape,
+        image_dtype=info.features['image'].np_dtype, mask_shape=info.features['mask'].shape)
+
   def records(self, folds: Sequence[int]) -> list[tuple[str, int]]:
     """(case_id, slice_index) of every record of `source(folds)`, in the same order."""
     return [(r[0], r[1]) for k in sorted(folds) for r in self.meta['records'][f'fold{k}']]
@@ -87,26 +97,8 @@ class SliceDataset:
     return sorted(c for c, m in self.meta['cases'].items() if m['fold'] in set(folds))
 
 
-class _Gather:
-  """A random-access source reading `source[indices[i]]` (picklable, with a stable repr)."""
-
-  def __init__(self, source, indices: np.ndarray):
-    self._source = source
-    self._indices = np.asarray(indices, np.int64)
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i: int):
-    return self._source[int(self._indices[i])]
-
-  def __repr__(self) -> str:
-    digest = zlib.crc32(self._indices.tobytes())
-    return f'_Gather({self._source!r}, n={len(self._indices)}, indices#{digest:08x})'
-
-
-def oversample_lesions(source: grain.MapDataset, lesion_pixels: np.ndarray, factor: int,
-                       case_ids: Sequence[str] | None = None) -> grain.MapDataset:
+def oversample_lesions(records: records_lib.TrainRecords, lesion_pixels: np.ndarray, factor: int,
+                       case_ids: Sequence[str] | None = None) -> records_lib.TrainRecords:
   """Lists slices with a lesion more often (nnU-Net-style foreground oversampling).
 
   Lesions fill a few percent of the slices of a stroke volume; repeating those slices makes a short
@@ -116,9 +108,9 @@ def oversample_lesions(source: grain.MapDataset, lesion_pixels: np.ndarray, fact
   of a 100 ml one, so slice-uniform oversampling leaves small lesions rare in what the net sees.
   """
   if factor <= 1:
-    return source
+    return records
   repeats = lesion_repeats(lesion_pixels, factor, case_ids)
-  return grain.MapDataset.source(_Gather(source, np.repeat(np.arange(len(source)), repeats)))
+  return records.gather(np.repeat(np.arange(len(records)), repeats))
 
 
 def lesion_repeats(lesion_pixels: np.ndarray, factor: int,
@@ -140,23 +132,24 @@ def lesion_repeats(lesion_pixels: np.ndarray, factor: int,
   return np.where(has_lesion, case_repeats[index], 1).astype(int)
 
 
-def to_training_element(record: Element) -> Element:
-  """Keeps what a train step eats: the image as stored (float16 records stay float16: half the
-  bytes to batch and send, and the train step casts to float32 on the device) and a uint8 mask."""
-  return {'image': np.asarray(record['image']), 'mask': np.asarray(record['mask'], np.uint8)}
-
-
-def train_dataset(source: grain.MapDataset, *, batch_size: int, seed: int,
+def train_dataset(records: records_lib.TrainRecords, *, batch_size: int, seed: int,
                   augment: Callable[[Element, np.random.Generator], Element] | None = None,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """An infinite MapDataset of per-process batches (see module docstring); `augment` None
-  (device augmentation, or none) leaves the elements as read."""
-  if len(source) < process_count:
-    raise ValueError(f'{len(source)} records cannot be sharded over {process_count} processes')
-  ds = source.seed(seed).shuffle()[process_index::process_count].repeat()
-  ds = ds.map(to_training_element)
-  if augment is not None:
-    ds = ds.random_map(augment)
+  """An infinite MapDataset of per-process batches (see module docstring).
+
+  The chain shuffles, shards and repeats record *indices*; only the last stage reads. With
+  `augment` None (device augmentation, or none) a batch's records are read and decoded straight
+  into the batch arrays (records.TrainRecords.read_batch; the image stays in the stored dtype,
+  float16 by default, and the train step casts on the device). With a host `augment` each record
+  is read, augmented in float32 (seeded from (seed, position)) and the batch stacked.
+  """
+  if len(records) < process_count:
+    raise ValueError(f'{len(records)} records cannot be sharded over {process_count} processes')
+  ds = grain.MapDataset.range(len(records)).seed(seed).shuffle()
+  ds = ds[process_index::process_count].repeat()
+  if augment is None:
+    return ds.batch(batch_size, drop_remainder=True, batch_fn=records.read_batch)
+  ds = ds.map(records.read).random_map(augment)
   return ds.batch(batch_size, drop_remainder=True)
 
 

@@ -2,8 +2,10 @@
 an idempotent re-run (the refusals of each command are tested beside its library)."""
 
 import json
+import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from agmr_jax import compare as compare_command
@@ -53,6 +55,28 @@ def test_build_main_builds_records_once(tmp_path, capsys):
                         f'--data_dir={tmp_path}'])
   assert exit_info.value.code == 1
   assert capsys.readouterr().err.startswith('error: ')
+
+
+def test_build_codec_changes_the_files_not_the_records(tmp_path, capsys):
+  """--codec=zstd writes smaller files holding the same records under the same name as the
+  default (uncompressed) build; training reads both alike."""
+  from input_pipeline import builder  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  built = {}
+  for codec in ('zstd', 'none'):
+    argv = ['--dataset=synthetic_tiny', '--recipe=tiny_2p5d', f'--data_dir={tmp_path / codec}',
+            '--num_subjects=5'] + (['--codec=zstd'] if codec == 'zstd' else [])  # none: default
+    assert build_command.main(argv) == 0
+    built[codec] = pathlib.Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert builder.codec_of(built[codec]) == codec
+  assert built['zstd'].relative_to(tmp_path / 'zstd') == built['none'].relative_to(tmp_path / 'none')
+  size = {c: sum(f.stat().st_size for f in p.glob('*.array_record-*')) for c, p in built.items()}
+  assert size['zstd'] < size['none']
+  reads = {c: pipeline.SliceDataset(p).train_records(range(5)) for c, p in built.items()}
+  everything = list(range(len(reads['none'])))
+  for key in ('image', 'mask'):
+    np.testing.assert_array_equal(reads['zstd'].read_batch(everything)[key],
+                                  reads['none'].read_batch(everything)[key])
 
 
 def test_compare_main_writes_its_three_files_and_refuses_to_replace_them(tmp_path, capsys):

@@ -104,6 +104,10 @@ def test_loader_rows_parse_old_and_new_tables():
   assert gpu_check_loader.parse_rows(old)[0]['augmentation'] == 'loader, none'
   assert gpu_check_loader.supply_per_core(gpu_check_loader.parse_rows(new)) == {
       'none, nothing': 1234.0, 'demo, host': 250.0}
+  progress = '| none | device | zstd | 2 | 3,000 | 1,600 |'  # stderr: today's rows, no header
+  assert gpu_check_loader.parse_rows(progress) == [
+      {'augmentation': 'none, device, zstd', 'workers': 2, 'slices_per_s': 3000.0,
+       'per_core': 1600.0}]
 
 
 def test_gpu_settings_and_names():

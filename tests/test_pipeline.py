@@ -66,7 +66,7 @@ def _batches(ds, n):
 
 def test_restored_iterator_continues_bit_for_bit(tiny_built):
   ds = pipeline.SliceDataset(tiny_built)
-  train = pipeline.train_dataset(ds.source([0, 1, 2]), batch_size=4, seed=7)
+  train = pipeline.train_dataset(ds.train_records([0, 1, 2]), batch_size=4, seed=7)
   _, reference = _batches(train, 9)
   it, first = _batches(train, 4)
   state = it.get_state()
@@ -79,7 +79,7 @@ def test_restored_iterator_continues_bit_for_bit(tiny_built):
 
 
 def _key(element) -> bytes:
-  """A slice's identity after to_training_element (which drops case id and slice index)."""
+  """A slice's identity in a training element (which has no case id or slice index)."""
   return element['image'].tobytes() + element['mask'].tobytes()
 
 
@@ -91,9 +91,9 @@ def _elements(ds, start: int, stop: int) -> list[dict]:
 def test_process_shards_are_disjoint_and_cover_the_split(tiny_built):
   """Each process's train_dataset reads its own third of the shuffled split, all of it once."""
   ds = pipeline.SliceDataset(tiny_built)
-  source = ds.source([0, 1, 2])
+  source = ds.train_records([0, 1, 2])
   n = len(source)
-  everything = {_key(pipeline.to_training_element(source[i])) for i in range(n)}
+  everything = {_key(source.read(i)) for i in range(n)}
   assert len(everything) == n  # Every slice is distinguishable.
   seen = []
   for p in range(3):
@@ -110,7 +110,7 @@ def test_process_shards_are_disjoint_and_cover_the_split(tiny_built):
 def test_epochs_are_reshuffled_and_complete(tiny_built):
   """train_dataset's second epoch holds the same slices as the first, in another order."""
   ds = pipeline.SliceDataset(tiny_built)
-  source = ds.source([0])
+  source = ds.train_records([0])
   n = len(source)
   train = pipeline.train_dataset(source, batch_size=1, seed=1)
   first = [_key(e) for e in _elements(train, 0, n)]
@@ -123,7 +123,7 @@ def test_augmentation_moves_image_and_mask_together(tiny_built):
   and mask alike (same shuffle, same slices)."""
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
   ds = pipeline.SliceDataset(tiny_built)
-  source = ds.source([0, 1])
+  source = ds.train_records([0, 1])
   plain = pipeline.train_dataset(source, batch_size=2, seed=3)
   flipped = pipeline.train_dataset(source, batch_size=2, seed=3,
                                    augment=augment.Augment([(1.0, augment.FlipH())]))
@@ -139,7 +139,7 @@ def test_batches_stay_float16_unless_augmented_on_the_host(tiny_built):
   """Without host augmentation the loader only reads and batches: the records' float16 goes to
   the device as is (the train step casts); the host augmentation works in float32."""
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
-  source = pipeline.SliceDataset(tiny_built).source([0, 1])
+  source = pipeline.SliceDataset(tiny_built).train_records([0, 1])
   for where, dtype in (('device', np.float16), ('host', np.float32)):
     ds = pipeline.train_dataset(source, batch_size=2, seed=3,
                                 augment=augment.host_augment('mdanet', where))
@@ -150,9 +150,9 @@ def test_augmented_batches_are_reproducible_and_differ_from_plain_ones(tiny_buil
   from input_pipeline import augment  # pylint: disable=g-import-not-at-top
   ds = pipeline.SliceDataset(tiny_built)
   aug = augment.Augment.from_config(augment.AUGMENT_PRESETS['mdanet'])
-  make = lambda: pipeline.train_dataset(ds.source([0, 1]), batch_size=2, seed=3, augment=aug)
+  make = lambda: pipeline.train_dataset(ds.train_records([0, 1]), batch_size=2, seed=3, augment=aug)
   a, b = make(), make()
-  plain = pipeline.train_dataset(ds.source([0, 1]), batch_size=2, seed=3)
+  plain = pipeline.train_dataset(ds.train_records([0, 1]), batch_size=2, seed=3)
   changed = 0
   for i in (0, 5, 11):
     np.testing.assert_array_equal(a[i]['image'], b[i]['image'])
@@ -206,15 +206,14 @@ def test_meta_source_paths_hold_from_another_directory(tiny_raw, tiny_recipe, tm
 def test_lesion_oversampling_repeats_exactly_the_lesion_slices(tiny_built):
   ds = pipeline.SliceDataset(tiny_built)
   folds = [0, 1]
-  source, pixels = ds.source(folds), ds.lesion_pixels(folds)
+  records, pixels = ds.train_records(folds), ds.lesion_pixels(folds)
   assert 0 < (pixels > 0).sum() < len(pixels)
-  over = pipeline.oversample_lesions(source, pixels, 3)
-  assert len(over) == len(source) + 2 * int((pixels > 0).sum())
-  keys = [(over[i]['case_id'], int(over[i]['slice_index'])) for i in range(len(over))]
-  counts = {k: keys.count(k) for k in set(keys)}
-  for i, key in enumerate(ds.records(folds)):
-    assert counts[(key[0].encode(), key[1])] == (3 if pixels[i] else 1)
-  assert pipeline.oversample_lesions(source, pixels, 1) is source
+  over = pipeline.oversample_lesions(records, pixels, 3)
+  assert len(over) == len(records) + 2 * int((pixels > 0).sum())
+  keys = [_key(over.read(i)) for i in range(len(over))]
+  for i in range(len(records)):
+    assert keys.count(_key(records.read(i))) == (3 if pixels[i] else 1)
+  assert pipeline.oversample_lesions(records, pixels, 1) is records
 
 
 def test_case_balanced_oversampling_by_hand():
@@ -241,7 +240,7 @@ def test_worker_processes_yield_the_same_batches(tiny_built):
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   ds = pipeline.SliceDataset(tiny_built)
-  train = pipeline.train_dataset(ds.source([0, 1]), batch_size=4, seed=2)
+  train = pipeline.train_dataset(ds.train_records([0, 1]), batch_size=4, seed=2)
   _, in_process = _batches(train, 5)
   it = pipeline.make_iterator(train, worker_count=1)
   try:
@@ -284,24 +283,22 @@ def test_split_folds_of_the_default_and_a_cross_validation_protocol(tiny_built):
 def test_one_lesion_pixel_is_a_lesion_slice_and_factor_2_oversamples(tiny_built):
   np.testing.assert_array_equal(pipeline.lesion_repeats(np.array([0, 1, 5]), 3), [1, 3, 3])
   ds = pipeline.SliceDataset(tiny_built)
-  source, pixels = ds.source([0]), ds.lesion_pixels([0])
+  source, pixels = ds.train_records([0]), ds.lesion_pixels([0])
   assert len(pipeline.oversample_lesions(source, pixels, 2)) == len(source) + int((pixels > 0).sum())
 
 
 def test_as_many_processes_as_records_each_read_one(tiny_built):
-  source = pipeline.SliceDataset(tiny_built).source([0])
+  source = pipeline.SliceDataset(tiny_built).train_records([0])
   n = len(source)
   last = pipeline.train_dataset(source, batch_size=1, seed=0, process_index=n - 1,
                                 process_count=n)
-  assert _elements(last, 0, 1)[0]['image'].shape == source[0]['image'].shape  # one per epoch
+  assert _elements(last, 0, 1)[0]['image'].shape == source.read(0)['image'].shape  # one per epoch
   with pytest.raises(ValueError, match=f'{n} records cannot be sharded over {n + 1} processes'):
     pipeline.train_dataset(source, batch_size=1, seed=0, process_count=n + 1)
 
 
 def test_case_balanced_repeats_are_clipped_to_1_and_factor_squared():
   import warnings  # pylint: disable=g-import-not-at-top
-
-  import grain  # pylint: disable=g-import-not-at-top
   # Nine cases of one lesion slice and one of 30: mean 3.9 lesion slices per case. The big case's
   # round(factor * 3.9 / 30) is 0, raised to 1; the small ones' round(factor * 3.9) is capped.
   pixels, cases = np.ones(39), [f'c{i}' for i in range(9)] + ['big'] * 30
@@ -309,9 +306,50 @@ def test_case_balanced_repeats_are_clipped_to_1_and_factor_squared():
     repeats = pipeline.lesion_repeats(pixels, factor, cases)
     assert repeats.dtype.kind == 'i'
     np.testing.assert_array_equal(repeats, [factor**2] * 9 + [1] * 30)
-  source = grain.MapDataset.source(list(range(39)))
-  assert len(pipeline.oversample_lesions(source, pixels, 2, cases)) == 9 * 4 + 30
+  assert pipeline.lesion_repeats(pixels, 2, cases).sum() == 9 * 4 + 30
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # no lesion anywhere: no mean of nothing
     np.testing.assert_array_equal(
         pipeline.lesion_repeats(np.zeros(4), 2, ['a', 'a', 'b', 'b']), [1, 1, 1, 1])
+
+
+def test_training_reads_the_records_tfds_decodes_in_the_former_order(tiny_built):
+  """The batch reader returns what TFDS's generic decoder reads, and the index chain gives the
+  batches the former record chain gave (source -> seed -> shuffle -> shard -> repeat -> batch),
+  with and without host augmentation: runs started before the change resume onto the same stream
+  (Grain seeds random_map from the seed and its depth in the chain: the depth is kept)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+  ds = pipeline.SliceDataset(tiny_built)
+  records, source = ds.train_records([0, 2]), ds.source([0, 2])
+  batch = records.read_batch(list(range(len(records)))[::-1])
+  for row, i in enumerate(range(len(records) - 1, -1, -1)):
+    np.testing.assert_array_equal(batch['image'][row], source[i]['image'])
+    np.testing.assert_array_equal(batch['mask'][row], source[i]['mask'])
+  assert batch['image'].dtype == np.float16 and batch['mask'].dtype == np.uint8
+  aug = augment.Augment.from_config(augment.AUGMENT_PRESETS['mdanet'])
+  for host in (None, aug):
+    former = source.seed(4).shuffle()[0::1].repeat().map(
+        lambda r: {'image': np.asarray(r['image']), 'mask': np.asarray(r['mask'], np.uint8)})
+    former = (former if host is None else former.random_map(host)).batch(3, drop_remainder=True)
+    now = pipeline.train_dataset(records, batch_size=3, seed=4, augment=host)
+    for i in (0, 7, 30):
+      for key in ('image', 'mask'):
+        np.testing.assert_array_equal(now[i][key], former[i][key])
+  assert isinstance(former, grain.MapDataset)
+
+
+def test_a_record_of_another_size_names_the_dataset_folder(tiny_built):
+  from input_pipeline import records as records_lib  # pylint: disable=g-import-not-at-top
+  ds = pipeline.SliceDataset(tiny_built)
+  right = ds.train_records([1, 3])
+  shards = right._shards  # pylint: disable=protected-access
+  wrong = records_lib.TrainRecords(shards, root=str(tiny_built), image_shape=(32, 32, 3),
+                                   image_dtype=np.float16, mask_shape=(32, 32))
+  with pytest.raises(DataError, match=r"fold3.array_record-00000-of-00001: record 1: 'image' "
+                     r'holds 8192 bytes, expected 6144 \(\(32, 32, 3\) float16\); rebuild'):
+    wrong.read(len(right) - shards[-1].take + 1)
+  assert str(tiny_built) in repr(wrong) and 'fold1' in repr(wrong) and 'fold3' in repr(wrong)
+  with pytest.raises(IndexError):
+    wrong.gather(np.array([len(wrong)]))

@@ -181,7 +181,7 @@ def step_parts(tiny_built):
   model = MODELS['unet'](features=(4, 8, 16, 32, 64))
   objective = objectives.make_objective('dunet_mix')
   ds = pipeline.SliceDataset(tiny_built)
-  batch = pipeline.train_dataset(ds.source([0, 1, 2]), batch_size=8, seed=0)[0]
+  batch = pipeline.train_dataset(ds.train_records([0, 1, 2]), batch_size=8, seed=0)[0]
   return model, objective, batch
 
 
