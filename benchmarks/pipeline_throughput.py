@@ -18,8 +18,9 @@ writing them first if needed. Three tables, printed once at the end (progress go
 2. Device augmentation in a training step: AGMR-Net and U-Net at their paper input (192x192x4),
    the project's train step (Adam, float32) with and without the preset that costs most on the
    device ('thesis': flips, rotation, elastic, brightness, contrast), compiled once each and timed
-   interleaved (plain, augmented, plain, ...) so the machine's load hits both alike; the ratio is
-   the best augmented step over the best plain one. Beside it: the augmentation alone, jitted on
+   interleaved (plain, augmented, plain, ...) so the machine's load hits both alike; the ratios
+   are the best augmented step over the best plain one and the median (and range) over the
+   pairs of each augmented step over the plain step just before it. Beside it: the augmentation alone, jitted on
    the same batch (best of 5), per preset, as a share of the best plain step.
 3. Demand: the slices/s an H100 at 35% of its dense bf16 peak consumes, from XLA's FLOP count of
    the training step (the throughput harness's convention, benchmarks/throughput_common.py), and
@@ -31,6 +32,7 @@ Numbers on a shared machine are lower bounds; compare rows of one run only.
 import argparse
 import os
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -179,6 +181,9 @@ def step_costs(name: str, batch_size: int, repeats: int) -> dict:
       times[label].append(_timed(fn, state, batch, rng))
   # Best of the repeats, as timeit does: on a shared machine other processes only slow a step.
   plain, augmented = min(times['plain']), min(times['augmented'])
+  # Each augmented step over the plain step timed just before it: load that drifts over minutes
+  # hits both sides of a pair alike.
+  pairs = sorted(a / p for p, a in zip(times['plain'], times['augmented']))
   alone = {}
   for preset, config in augment.AUGMENT_PRESETS.items():
     if config and (preset != 'mdanet_rot90' or spec.input_shape[0] == spec.input_shape[1]):
@@ -186,20 +191,23 @@ def step_costs(name: str, batch_size: int, repeats: int) -> dict:
       _timed(fn, batch, 0)
       alone[preset] = min(_timed(fn, batch, 0) for _ in range(5))
   _progress(f'{name}: plain {plain:.2f} s, augmented {augmented:.2f} s, alone {alone}')
-  return {'plain': plain, 'augmented': augmented, 'alone': alone,
+  return {'plain': plain, 'augmented': augmented, 'alone': alone, 'pairs': pairs,
           'flops_per_slice': flops / batch_size}
 
 
 def step_table(costs: dict, batch_size: int) -> list[str]:
   presets = list(next(iter(costs.values()))['alone'])
-  rows = [f'| network (192x192x4, batch {batch_size}) | train step s | with {STEP_PRESET} on the '
-          'device s | added | ' + ' | '.join(f'{p} alone, share of step' for p in presets) + ' |',
-          '|---|---|---|---|' + '---|' * len(presets)]
+  rows = [f'| network (192x192x4, batch {batch_size}) | train step s (best) | with {STEP_PRESET} on '
+          'the device s (best) | added, best over best | added, median of pairs (range) | '
+          + ' | '.join(f'{p} alone, share of step' for p in presets) + ' |',
+          '|---|---|---|---|---|' + '---|' * len(presets)]
   for name, c in costs.items():
     alone = ' | '.join(f'{1e3 * c["alone"][p]:.1f} ms, {c["alone"][p] / c["plain"]:.2%}'
                        for p in presets)
+    pairs = c['pairs']
     rows.append(f'| {name} | {c["plain"]:.2f} | {c["augmented"]:.2f} | '
-                f'{c["augmented"] / c["plain"] - 1:+.1%} | {alone} |')
+                f'{c["augmented"] / c["plain"] - 1:+.1%} | {statistics.median(pairs) - 1:+.1%} '
+                f'({pairs[0] - 1:+.1%} to {pairs[-1] - 1:+.1%}, {len(pairs)} pairs) | {alone} |')
   return rows
 
 
@@ -231,9 +239,12 @@ def _commit() -> str:
   return head + ('+dirty' if dirty else '')
 
 
-def main():
+def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--data_dir', default='/tmp/agmr_bench_data')
+  parser.add_argument('--dataset', default='synthetic_atlas',
+                      help='a synthetic dataset (the tests use synthetic_tiny)')
+  parser.add_argument('--recipe', default='agmr_2p5d', choices=sorted(recipes.RECIPES))
   parser.add_argument('--num_subjects', type=int, default=5)
   parser.add_argument('--batches', type=int, default=30)
   parser.add_argument('--workers', default='0,2')
@@ -241,12 +252,17 @@ def main():
   parser.add_argument('--step_repeats', type=int, default=3)
   parser.add_argument('--networks', default=','.join(STEP_NETWORKS))
   parser.add_argument('--out', default='', help='also write the tables to this markdown file')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if args.batches < 1 or args.num_subjects < 5 or args.step_repeats < 1:
+    parser.error('--batches and --step_repeats take a positive number, --num_subjects at least 5 '
+                 '(one per fold)')
   flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags; argparse owns the CLI
   logging.set_verbosity(logging.WARNING)
   built = {codec: pipeline.SliceDataset(datasets.prepare(
-      'synthetic_atlas', recipes.RECIPES['agmr_2p5d'], data_dir=pathlib.Path(args.data_dir) / codec,
+      args.dataset, recipes.RECIPES[args.recipe], data_dir=pathlib.Path(args.data_dir) / codec,
       num_subjects=args.num_subjects, codec=codec)) for codec in builder_lib.CODECS}
+  h, w = recipes.RECIPES[args.recipe].size
+  channels = built[builder_lib.DEFAULT_CODEC].train_records([0]).image_shape[-1]
   loader_rows, best = loader_table(built, [int(w) for w in args.workers.split(',')], args.batches)
   costs = {name: step_costs(name, args.step_batch, args.step_repeats)
            for name in args.networks.split(',') if name}
@@ -254,13 +270,15 @@ def main():
   if costs:
     tables += ['', *step_table(costs, args.step_batch), '', *demand_table(costs, best)]
   text = '\n'.join([
-      f'commit {_commit()}; {common.cpu_name()}; 192x192x4 float16 records, loader batch 16; '
-      f'`python -m benchmarks.pipeline_throughput {" ".join(sys.argv[1:])}`'.rstrip(),
+      f'commit {_commit()}; {common.cpu_name()}; {args.dataset} {h}x{w}x{channels} records, '
+      f'loader batch 16; `python -m benchmarks.pipeline_throughput '
+      f'{" ".join(sys.argv[1:] if argv is None else argv)}`'.rstrip(),
       '', *tables])
   print(text)
   if args.out:
     pathlib.Path(args.out).write_text(text + '\n')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())
