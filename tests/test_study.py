@@ -3,6 +3,12 @@ the paired tests' arithmetic against hand-computed values."""
 
 import csv
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -111,6 +117,41 @@ def test_bad_study_definition_is_one_error_line(body, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith('error: ') and len(err.splitlines()) == 1, err
   assert not (tmp_path / 'root').exists()
+
+
+def test_a_killed_study_resumes_its_run_and_reports(data_dir, tiny_built, tmp_path, capsys,
+                                                   monkeypatch):
+  """SIGKILL to the study and the run it trains, once that run has a checkpoint; the same command
+  again resumes that run from its checkpoint (not from scratch), trains the other, and reports."""
+  root = tmp_path / 'root'
+  longer = ['--config.num_train_steps=120', '--config.checkpoint_every_steps=6',
+            '--config.eval_every_steps=120', '--config.log_every_steps=6']
+  env = helpers.child_env(1)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)  # The in-process rerun's children too.
+  log = tmp_path / 'study.log'
+  with log.open('w') as out:
+    proc = subprocess.Popen([sys.executable, '-m', 'agmr_jax.study', *_argv(root, data_dir, *longer)],
+                            cwd=helpers.REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # One group: the study and its run.
+  checkpoints = root / 'unet' / 'checkpoints'
+  deadline = time.monotonic() + helpers.TIMEOUT_S
+  try:
+    while not any(c.name.isdigit() for c in checkpoints.glob('*')):
+      assert proc.poll() is None and time.monotonic() < deadline, helpers.tail(log)
+      time.sleep(0.05)
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  assert not (root / 'unet' / 'eval').exists()  # Killed in training, not after it.
+  assert study.main(_argv(root, data_dir, *longer)) == 0
+  assert '0 runs finished, 2 to run' in capsys.readouterr().out
+  resumed = re.search(r'Resumed from step (\d+)', (root / 'unet' / 'sweep_run.log').read_text())
+  assert resumed and int(resumed.group(1)) >= 6
+  with (root / 'study.csv').open() as f:
+    rows = list(csv.DictReader(f))
+  assert [r['network'] for r in rows] == ['unet', 'attention_unet']
+  assert all(float(r['steps']) == 120 for r in rows)
 
 
 def test_holm_against_hand_computed_values():
