@@ -27,6 +27,7 @@ WANTED = {  # flag -> (GPU value, dry-run value); flags the script's --help lack
     '--networks': ('agmr_net,unet', 'unet'),  # its device-augmentation step table
     '--step_batch': ('16', '1'),
     '--step_repeats': ('3', '1'),
+    '--codecs': ('none', 'none'),  # The supply of today's records; zstd is a CPU-side question.
 }
 
 

@@ -119,7 +119,7 @@ def loader_table(built: dict, workers: list[int], batches: int) -> tuple[list[st
       (preset, where, default) for preset in augment.AUGMENT_PRESETS
       for where in ('host', 'device')
       if not (preset == 'none' and where == 'host')]  # 'none' on the host: the device chain.
-  for preset, where, codec in runs:
+  for preset, where, codec in (r for r in runs if r[2] in built):
     for n in workers:
       rate, per_core = loader_rate(built[codec], preset, where, n, batches)
       if codec == default:
@@ -251,16 +251,23 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--step_batch', type=int, default=2)
   parser.add_argument('--step_repeats', type=int, default=3)
   parser.add_argument('--networks', default=','.join(STEP_NETWORKS))
+  parser.add_argument('--codecs', default=','.join(builder_lib.CODECS),
+                      help='record codecs to build and read (the presets read the default one, '
+                      f'{builder_lib.DEFAULT_CODEC!r}; zstd adds the former-reader rows)')
   parser.add_argument('--out', default='', help='also write the tables to this markdown file')
   args = parser.parse_args(argv)
   if args.batches < 1 or args.num_subjects < 5 or args.step_repeats < 1:
     parser.error('--batches and --step_repeats take a positive number, --num_subjects at least 5 '
                  '(one per fold)')
+  codecs = [c for c in args.codecs.split(',') if c]
+  if set(codecs) - set(builder_lib.CODECS) or builder_lib.DEFAULT_CODEC not in codecs:
+    parser.error(f'--codecs takes codecs of {sorted(builder_lib.CODECS)}, including '
+                 f'{builder_lib.DEFAULT_CODEC!r}')
   flags.FLAGS(sys.argv[:1])  # grain's worker processes read absl flags; argparse owns the CLI
   logging.set_verbosity(logging.WARNING)
   built = {codec: pipeline.SliceDataset(datasets.prepare(
       args.dataset, recipes.RECIPES[args.recipe], data_dir=pathlib.Path(args.data_dir) / codec,
-      num_subjects=args.num_subjects, codec=codec)) for codec in builder_lib.CODECS}
+      num_subjects=args.num_subjects, codec=codec)) for codec in codecs}
   h, w = recipes.RECIPES[args.recipe].size
   channels = built[builder_lib.DEFAULT_CODEC].train_records([0]).image_shape[-1]
   loader_rows, best = loader_table(built, [int(w) for w in args.workers.split(',')], args.batches)

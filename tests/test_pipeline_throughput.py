@@ -44,3 +44,15 @@ def test_step_and_demand_tables_from_hand_made_costs():
   slices = 0.35 * pipeline_throughput.common.PEAK_FLOPS['H100 SXM']['bf16'] / 45e9
   assert demand[2] == (f'| unet | 45.0 | {slices:,.0f} | {slices / 3000:.1f} | '
                        f'{slices / 500:.1f} |')
+
+
+def test_one_codec_leaves_out_the_zstd_rows(tmp_path, capsys):
+  argv = [f'--data_dir={tmp_path}', '--dataset=synthetic_tiny', '--recipe=tiny_2p5d',
+          '--batches=1', '--workers=0', '--networks=', '--codecs=none']
+  assert pipeline_throughput.main(argv) == 0
+  rows = gpu_check_loader.parse_rows(capsys.readouterr().out)
+  assert len(rows) == 2 * len(augment.AUGMENT_PRESETS) - 1
+  assert not (tmp_path / 'zstd').exists()
+  with pytest.raises(SystemExit) as exit_info:
+    pipeline_throughput.main(argv[:-1] + ['--codecs=zstd'])
+  assert exit_info.value.code == 2
