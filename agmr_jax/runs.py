@@ -45,11 +45,12 @@ RESUME_MAY_CHANGE = frozenset({
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'max_checkpoints',
     'stop_after_steps', 'async_checkpoints', 'final_eval', 'tune_postprocess',
     'write_predictions', 'eval_batch_size', 'data.data_dir', 'data.manual_dir',
-    'data.worker_count'})
+    'data.worker_count', 'data.read_threads'})
 _LENGTH = frozenset({'num_train_steps', 'num_epochs'})
 # Fields added after runs were saved, with the value those runs had (a config.json without the
-# field was trained that way): augmentation ran on the host before data.augment_on existed.
-FORMER_DEFAULTS = {'data.augment_on': 'host'}
+# field was trained that way): augmentation ran on the host before data.augment_on existed, and
+# two threads read before data.read_threads existed.
+FORMER_DEFAULTS = {'data.augment_on': 'host', 'data.read_threads': 2}
 
 
 def eval_dir(workdir, name: str = 'test') -> pathlib.Path:

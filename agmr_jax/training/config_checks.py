@@ -27,6 +27,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError(f'config.num_train_steps ({config.num_train_steps}) or config.num_epochs '
                      f'({config.num_epochs}) must be positive: the run would train no step')
+  if d.get('read_threads', 2) < 1 or d.worker_count < 0:
+    raise ValueError(f'config.data.read_threads must be at least 1 and config.data.worker_count '
+                     f'at least 0, got {d.get("read_threads", 2)} and {d.worker_count}')
   data_dir = pathlib.Path(d.data_dir)
   if data_dir.exists() and not data_dir.is_dir():
     raise ValueError(f'{data_dir}: config.data.data_dir is a file, not a folder')

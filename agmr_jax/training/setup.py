@@ -113,7 +113,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
                               augment=augment_lib.host_augment(config.data.augment, augment_on),
                               process_index=jax.process_index(),
                               process_count=jax.process_count())
-  data_iter = pipeline.make_iterator(ds, worker_count=config.data.worker_count)
+  data_iter = pipeline.make_iterator(ds, worker_count=config.data.worker_count,
+                                     read_threads=config.data.get('read_threads', 2))
 
   model = loading.build_model(config, data.recipe_of(dataset))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch, total_steps)

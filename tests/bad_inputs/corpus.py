@@ -130,6 +130,8 @@ _TRAIN = [
          _text('num_train_steps')),
     Case('one fold', 'train', lambda e: _train(e, '--config.data.num_folds=1'), 1,
          _text('data.num_folds')),
+    Case('no read thread', 'train', lambda e: _train(e, '--config.data.read_threads=0'), 1,
+         _text('data.read_threads')),
     Case('workdir is a file', 'train',
          lambda e: (e.tmp / 'afile').write_text('x') and _train(e, workdir=e.tmp / 'afile'), 1,
          _path('afile')),
