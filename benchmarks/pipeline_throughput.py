@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
@@ -49,6 +50,7 @@ from input_pipeline import augment  # pylint: disable=wrong-import-position
 from input_pipeline import builder as builder_lib  # pylint: disable=wrong-import-position
 from input_pipeline import datasets  # pylint: disable=wrong-import-position
 from input_pipeline import pipeline  # pylint: disable=wrong-import-position
+from input_pipeline import records as records_lib  # pylint: disable=wrong-import-position
 from input_pipeline import recipes  # pylint: disable=wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -139,6 +141,50 @@ def warm_page_cache(built: dict) -> None:
       with path.open('rb') as f:
         while f.read(1 << 24):
           pass
+
+
+def _cpu_per_call(fn, calls: int, repeats: int = 5) -> float:
+  """Microseconds of process CPU time per call of fn (best of the repeats)."""
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.process_time()
+    for i in range(calls):
+      fn(i)
+    best = min(best, (time.process_time() - start) / calls)
+  return best * 1e6
+
+
+def _fold0_records(ds) -> tuple[str, list[bytes], float]:
+  """(path, records, CPU us per read) of fold 0's record file, read in file order."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  path = str(next(iter(sorted(ds.path.glob('*fold0.array_record-*')))))
+  reader = array_record_module.ArrayRecordReader(path, records_lib.READER_OPTIONS)
+  try:
+    n = reader.num_records()
+    per_read = _cpu_per_call(lambda i: reader.read([i % n]), n)
+    return path, [reader.read([i])[0] for i in range(n)], per_read
+  finally:
+    reader.close()
+
+
+def record_costs(built: dict) -> list[str]:
+  """Where a record's CPU time goes: the read per codec, TFDS's generic decode against the
+  direct decode into a batch row (fold 0's records in file order, one thread)."""
+  records_lib.keep_freed_memory()  # As training does (records.TrainRecords).
+  rows = ['| per record (fold 0, one thread) | CPU us |', '|---|---|']
+  for codec, ds in built.items():
+    rows.append(f'| read, {codec} records | {_fold0_records(ds)[2]:.0f} |')
+  ds = built[builder_lib.DEFAULT_CODEC]
+  path, raw, _ = _fold0_records(ds)
+  features = ds.fold_source(0).dataset_info.features
+  tfds_decode = _cpu_per_call(lambda i: features.deserialize_example_np(raw[i]), len(raw))
+  train = ds.train_records([0])
+  image = np.empty(train.image_shape, train.image_dtype)
+  mask = np.empty(train.mask_shape, np.uint8)
+  shard = records_lib.Shard(path, 0, len(raw))
+  direct = _cpu_per_call(lambda i: train._decode(raw[i], image, mask, shard, i), len(raw))  # pylint: disable=protected-access
+  return rows + [f'| decode, TFDS generic (all seven features) | {tfds_decode:.0f} |',
+                 f'| decode, image and mask into a batch row (records.py) | {direct:.0f} |']
 
 
 def disk_line(built: dict) -> str:
@@ -284,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
   loader_rows, best = loader_table(built, [int(w) for w in args.workers.split(',')], args.batches)
   costs = {name: step_costs(name, args.step_batch, args.step_repeats)
            for name in args.networks.split(',') if name}
-  tables = [*loader_rows, '', disk_line(built)]
+  tables = [*loader_rows, '', disk_line(built), '', *record_costs(built)]
   if costs:
     tables += ['', *step_table(costs, args.step_batch), '', *demand_table(costs, best)]
   text = '\n'.join([

@@ -1,12 +1,10 @@
 """The Grain pipeline: slice records -> shuffled, augmented, batched numpy batches.
 
-Training is one chain over record indices (random access all the way to the batch, so every
-element's position, and with it its augmentation seed, is fixed by the config seed alone):
+Training is one chain over batches (random access all the way, so batch k, and with it every
+augmentation draw, is fixed by the config seed and k alone):
 
-    range(records) -> seed -> shuffle (reshuffled per epoch) -> [process::processes] -> repeat
-        -> batch, reading the batch's records into it (records.TrainRecords) -> prefetch
-    or, with config.data.augment_on = 'host':
-        ... -> repeat -> read -> augment (seeded from (seed, index)) -> batch -> prefetch
+    batch k -> its record indices (EpochBatches: per-epoch permutation, process shard)
+        -> read and decoded into the batch (records.TrainRecords) -> [host augmentation] -> prefetch
 
 By default the random transforms run on the device, inside the jitted train step
 (input_pipeline.augment.device), and the host only reads, decodes and batches; the image stays in
@@ -23,6 +21,7 @@ import collections
 import dataclasses
 import json
 import pathlib
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -132,25 +131,85 @@ def lesion_repeats(lesion_pixels: np.ndarray, factor: int,
   return np.where(has_lesion, case_repeats[index], 1).astype(int)
 
 
+class EpochBatches:
+  """Record indices of batch k of one process's endless stream of training batches.
+
+  Epoch e is a permutation of all n records drawn from (seed, e) (numpy's Generator: pinned with
+  numpy in requirements.txt); process p of P takes every P-th record of it, and its stream is its
+  share of epoch 0, then of epoch 1, ..., cut into batches of `batch_size` (a batch may span two
+  epochs). Batch k depends on (n, batch_size, seed, p, P, k) alone: any worker computes it, a
+  restored iterator continues it. Computed a batch at a time: about 0.5 ms per epoch of 43,000
+  records, against Grain's per-element shuffle at about 45 us per record.
+  """
+
+  def __init__(self, num_records: int, batch_size: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
+    if num_records < process_count:
+      raise ValueError(f'{num_records} records cannot be sharded over {process_count} processes')
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be positive, got {batch_size}')
+    self._n, self._batch, self._seed = num_records, batch_size, seed
+    self._p, self._count = process_index, process_count
+    self._share = len(range(process_index, num_records, process_count))
+    self._epochs = {}
+
+  def __len__(self) -> int:
+    return sys.maxsize  # Endless; Grain's iterator state is the next batch's k.
+
+  def __repr__(self) -> str:
+    return (f'EpochBatches(n={self._n}, batch={self._batch}, seed={self._seed}, '
+            f'process={self._p}/{self._count})')
+
+  def __getstate__(self):
+    return {**self.__dict__, '_epochs': {}}
+
+  def __getitem__(self, k: int) -> np.ndarray:
+    positions = np.arange(k * self._batch, (k + 1) * self._batch)
+    epochs, within = np.divmod(positions, self._share)
+    out = np.empty(self._batch, np.int64)
+    for e in np.unique(epochs):
+      rows = epochs == e
+      out[rows] = self.epoch(int(e))[self._p + within[rows] * self._count]
+    return out
+
+  def epoch(self, e: int) -> np.ndarray:
+    """The permutation of epoch e (the last two are kept)."""
+    if e not in self._epochs:
+      if len(self._epochs) >= 2:
+        self._epochs.pop(min(self._epochs))
+      rng = np.random.default_rng([self._seed, e])
+      self._epochs[e] = rng.permutation(self._n)
+    return self._epochs[e]
+
+
+class _AugmentBatch:
+  """A host augmentation applied to each example of a batch, each with its own generator seeded
+  by a draw from the batch's (Grain seeds that one from (seed, k)), so an example's augmentation
+  depends on the seed, its batch and its row only."""
+
+  def __init__(self, augment: Callable[[Element, np.random.Generator], Element]):
+    self._augment = augment
+
+  def __call__(self, batch: Element, rng: np.random.Generator) -> Element:
+    seeds = rng.integers(0, 2**63, size=len(batch['image']))
+    rows = [self._augment({k: v[i] for k, v in batch.items()}, np.random.default_rng(s))
+            for i, s in enumerate(seeds)]
+    return {k: np.stack([r[k] for r in rows]) for k in batch}
+
+
 def train_dataset(records: records_lib.TrainRecords, *, batch_size: int, seed: int,
                   augment: Callable[[Element, np.random.Generator], Element] | None = None,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """An infinite MapDataset of per-process batches (see module docstring).
+  """An endless MapDataset of per-process batches (see module docstring).
 
-  The chain shuffles, shards and repeats record *indices*; only the last stage reads. With
-  `augment` None (device augmentation, or none) a batch's records are read and decoded straight
-  into the batch arrays (records.TrainRecords.read_batch; the image stays in the stored dtype,
-  float16 by default, and the train step casts on the device). With a host `augment` each record
-  is read, augmented in float32 (seeded from (seed, position)) and the batch stacked.
+  Element k is batch k: its record indices (EpochBatches) read and decoded straight into the
+  batch arrays (records.TrainRecords.read_batch: the image stays in the stored dtype, float16 by
+  default, and the train step casts on the device). With a host `augment` each example is then
+  augmented in float32 with a generator drawn from (seed, k, row).
   """
-  if len(records) < process_count:
-    raise ValueError(f'{len(records)} records cannot be sharded over {process_count} processes')
-  ds = grain.MapDataset.range(len(records)).seed(seed).shuffle()
-  ds = ds[process_index::process_count].repeat()
-  if augment is None:
-    return ds.batch(batch_size, drop_remainder=True, batch_fn=records.read_batch)
-  ds = ds.map(records.read).random_map(augment)
-  return ds.batch(batch_size, drop_remainder=True)
+  batches = EpochBatches(len(records), batch_size, seed, process_index, process_count)
+  ds = grain.MapDataset.source(batches).seed(seed).map(records.read_batch)
+  return ds if augment is None else ds.random_map(_AugmentBatch(augment))
 
 
 def make_iterator(ds: grain.MapDataset, *, worker_count: int = 0,

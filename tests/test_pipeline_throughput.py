@@ -22,6 +22,10 @@ def test_main_prints_and_writes_the_loader_table(tmp_path, capsys):
   assert all(r['slices_per_s'] > 0 and r['per_core'] > 0 and r['workers'] == 0 for r in rows)
   assert text.count('| former |') == 1  # Each row once (progress rows go to stderr).
   assert 'Records on disk: none ' in text and ', zstd ' in text
+  costs = text.split('| per record (fold 0, one thread) | CPU us |')[1]
+  for what in ('read, none records', 'read, zstd records', 'decode, TFDS generic',
+               'decode, image and mask into a batch row'):
+    assert f'| {what}' in costs, what
 
 
 def test_bad_arguments_are_one_usage_error(tmp_path, capsys):
