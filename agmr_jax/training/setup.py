@@ -87,7 +87,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Run
   check_config(config)
   dataset = data.prepare_data(config)
   if builder_lib.codec_of(dataset.path) == 'zstd':
-    logging.info('The records in %s are zstd-compressed: reading them costs about 1.4x the host '
+    logging.info('The records in %s are zstd-compressed: reading them costs about 1.3x the host '
                  'CPU of uncompressed ones; remove the folder to rebuild them uncompressed',
                  dataset.path)
   val_fold = config.data.val_fold if config.data.val_fold >= 0 else None
