@@ -1,30 +1,34 @@
 r"""Can the input pipeline feed an accelerator? Host supply beside device demand, in one run.
 
   python -m benchmarks.pipeline_throughput [--batches 30] [--workers 0,2] [--step_batch 2]
-      [--step_repeats 3] [--out FILE.md]
+      [--step_repeats 3] [--codecs none,zstd] [--out FILE.md]
 
 Uses synthetic ATLAS-like subjects built with the AGMR 2.5D recipe (192x192x4 float16 records),
-writing them first if needed. Three tables, printed once at the end (progress goes to stderr):
+writing them first if needed (once per codec). Tables, printed once at the end (progress goes
+to stderr):
 
 1. Loader: batches of 16 slices through the Grain training chain for every preset of
    AUGMENT_PRESETS, with the augmentation on the host (config.data.augment_on='host': read,
    decode, float32, augment, stack) and on the device (the host only reads the batch's records
    and decodes them into the float16 batch: input_pipeline/records.py), with 0 and 2 worker
-   processes, warm-up batches excluded, the record files read once before (warm page cache). The records are written uncompressed (the default codec);
-   the first rows read zstd records (the former default) with the former chain (TFDS's generic
-   decoder per record, Grain's stack) and with today's, for comparison in the same run. Beside slices/s of wall time, slices/s
-   per core: slices over the CPU time (user + system, every thread) of the main process and its
-   Grain workers while the batches were made, i.e. what one fully used core supplies.
+   processes, warm-up batches excluded, the record files read once before (warm page cache).
+   The presets read uncompressed records (the default codec); the first rows read zstd records
+   (the former default) with the former chain (TFDS's generic decoder per record, Grain's
+   shuffle and stack) and with today's, for comparison in the same run. Beside slices/s of wall
+   time, slices/s per core: slices over the CPU time (user + system, every thread) of the main
+   process and its Grain workers while the batches were made, i.e. what one busy core supplies.
+   Then the records' size on disk per codec, and the CPU time per record of the read (per
+   codec) and of the decode (TFDS's generic one against records.py's).
 2. Device augmentation in a training step: AGMR-Net and U-Net at their paper input (192x192x4),
    the project's train step (Adam, float32) with and without the preset that costs most on the
    device ('thesis': flips, rotation, elastic, brightness, contrast), compiled once each and timed
    interleaved (plain, augmented, plain, ...) so the machine's load hits both alike; the ratios
    are the best augmented step over the best plain one and the median (and range) over the
-   pairs of each augmented step over the plain step just before it. Beside it: the augmentation alone, jitted on
-   the same batch (best of 5), per preset, as a share of the best plain step.
+   pairs of each augmented step over the plain step just before it. Beside it: the augmentation
+   alone, jitted on the same batch (best of 5), per preset, as a share of the best plain step.
 3. Demand: the slices/s an H100 at 35% of its dense bf16 peak consumes, from XLA's FLOP count of
    the training step (the throughput harness's convention, benchmarks/throughput_common.py), and
-   the host cores that supply it at table 1's slices per CPU-second (each preset's best row; for
+   the host cores that supply it at table 1's slices/s per core (each preset's best row; for
    the device, the slowest preset's).
 Numbers on a shared machine are lower bounds; compare rows of one run only.
 """
@@ -182,7 +186,8 @@ def record_costs(built: dict) -> list[str]:
   image = np.empty(train.image_shape, train.image_dtype)
   mask = np.empty(train.mask_shape, np.uint8)
   shard = records_lib.Shard(path, 0, len(raw))
-  direct = _cpu_per_call(lambda i: train._decode(raw[i], image, mask, shard, i), len(raw))  # pylint: disable=protected-access
+  decode = train._decode  # pylint: disable=protected-access
+  direct = _cpu_per_call(lambda i: decode(raw[i], image, mask, shard, i), len(raw))
   return rows + [f'| decode, TFDS generic (all seven features) | {tfds_decode:.0f} |',
                  f'| decode, image and mask into a batch row (records.py) | {direct:.0f} |']
 
@@ -253,8 +258,9 @@ def step_costs(name: str, batch_size: int, repeats: int) -> dict:
 
 def step_table(costs: dict, batch_size: int) -> list[str]:
   presets = list(next(iter(costs.values()))['alone'])
-  rows = [f'| network (192x192x4, batch {batch_size}) | train step s (best) | with {STEP_PRESET} on '
-          'the device s (best) | added, best over best | added, median of pairs (range) | '
+  rows = [f'| network (192x192x4, batch {batch_size}) | train step s (best) | with '
+          f'{STEP_PRESET} on the device s (best) | added, best over best | added, median of '
+          'pairs (range) | '
           + ' | '.join(f'{p} alone, share of step' for p in presets) + ' |',
           '|---|---|---|---|---|' + '---|' * len(presets)]
   for name, c in costs.items():

@@ -4,11 +4,12 @@ TFDS's generic reader (`builder.as_data_source()[i]`) parses every record into a
 features, each through its feature class, and Grain's batch then stacks the per-record arrays
 again. Training needs two fields, at a fixed shape and dtype, a batch at a time: `TrainRecords`
 reads a batch's records from the same ArrayRecord files (the folds' TFDS file instructions, so
-any build this project ever wrote reads unchanged), parses each `tf.train.Example` once and copies its raw
-`image` and `mask` bytes into one preallocated (B, H, W, C) and one (B, H, W) array. Records are
-read one at a time through one reader per file: array_record's data source starts a thread pool
-for every multi-record read, and its reader's own multi-record read costs about 5x the CPU time
-of single reads (measured: 480 against 92 us per uncompressed 332 KB record).
+any build this project ever wrote reads unchanged), parses each `tf.train.Example` once and
+copies its raw `image` and `mask` bytes into one preallocated (B, H, W, C) and one (B, H, W)
+array. Records are read one at a time through one reader per file: array_record's data source
+starts a thread pool for every multi-record read, and its reader's own multi-record read costs
+about 5x the CPU time of single reads (measured: 480 against 92 us per uncompressed 332 KB
+record).
 
 Measured on 192x192x4 float16 records (CPU time per record, benchmarks/pipeline_throughput.py):
 TFDS's generic decode 96 us against 45 us for the direct decode into the batch row; the read
@@ -35,7 +36,7 @@ from input_pipeline.errors import DataError
 READER_OPTIONS = 'readahead_buffer_size:0'  # random access: read what is asked, no more
 # glibc malloc options (mallopt's M_TRIM_THRESHOLD, M_MMAP_THRESHOLD): see keep_freed_memory.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_malloc_tuned = False
+_malloc_tuned = None  # Set by the first call: whether the options took.
 
 
 def keep_freed_memory() -> bool:
@@ -49,15 +50,14 @@ def keep_freed_memory() -> bool:
   per process (the loader's and each Grain worker's); False where the C library is not glibc.
   """
   global _malloc_tuned
-  if not _malloc_tuned:
-    _malloc_tuned = True
+  if _malloc_tuned is None:
     try:
       libc = ctypes.CDLL('libc.so.6')
-      return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-                  and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+      _malloc_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+                           and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20))
     except (OSError, AttributeError):
-      return False
-  return True
+      _malloc_tuned = False
+  return _malloc_tuned
 
 
 @dataclasses.dataclass(frozen=True)
