@@ -63,12 +63,7 @@ def base() -> ml_collections.ConfigDict:
   # slices get about the same share (small lesions seen as often as large ones).
   c.data.lesion_balance = 'slice'
   c.data.worker_count = 0  # Grain worker processes (0: load in the main process).
-  # Threads reading and decoding batches ahead of the step (in the main process, or in each
-  # worker). With augmentation on the device each core they keep busy supplies about 3,000
-  # slices/s of 192x192x4 records (benchmarks/results/pipeline_throughput_cpu.md); raise this,
-  # not worker_count, to feed an accelerator (worker processes cost IPC and only pay off for
-  # host augmentation).
-  c.data.read_threads = 2
+  c.data.read_threads = 2  # Loader threads: raise these to feed an accelerator (docs/scaling.md).
 
   c.batch_size = 8  # Global batch size, split over all devices of all processes.
   c.eval_batch_size = 16  # Slices per prediction batch (must divide over the devices).
