@@ -1,8 +1,12 @@
 """Multi-host training under jax.distributed on this machine, and the cluster launch scripts.
 
 Two processes with 2 CPU devices each (loopback coordinator, gloo collectives) train the tiny
-U-Net; after step 2, process 1 alone gets SIGTERM, and Orbax/JAX's preemption sync must make both
-processes save the same step and exit with status 75; a restart finishes the run.
+U-Net; once both have set up (after jax.distributed.initialize, before the first step compiles),
+process 1 alone gets SIGTERM, and Orbax/JAX's preemption sync must make both processes save the
+same step and exit with status 75; a restart finishes the run. The notice is sent that early
+because it reaches the other process through the coordination service after a delay of its own:
+sent after step 2 of this fast tiny run, it once arrived only at the last step (a loaded CI
+machine), leaving nothing to resume. Compiling the first step gives it seconds to arrive.
 
 The result must match one process with 4 devices within a tolerance, not bit for bit: each
 process reads every second example of the shuffled order, so a global batch holds the same 8
@@ -44,6 +48,11 @@ def _two_processes(args, workdir, log_dir):
                      env=helpers.child_env(2), log_dir=log_dir)
 
 
+def _set_up(log: pathlib.Path) -> bool:
+  """Process 0 logged its run's size: every process is past initialize and the Orbax set-up."""
+  return log.exists() and 'train slices/epoch' in log.read_text()
+
+
 @pytest.fixture(scope='module')
 def runs(tiny_built, data_dir, tmp_path_factory):
   """A 2x2-device run preempted through process 1 and resumed, and a 1x4-device run."""
@@ -53,8 +62,8 @@ def runs(tiny_built, data_dir, tmp_path_factory):
   reference = helpers.start_main(args + [f'--workdir={one}'], helpers.child_env(4),
                                  root / 'one.log')
   procs = _two_processes(args, two, root / 'first')
-  helpers.wait_for(lambda: max(helpers.logged_steps(two), default=0) >= 2, procs,
-                   root / 'first' / 'process_0.log', what='step 2')
+  first_log = root / 'first' / 'process_0.log'
+  helpers.wait_for(lambda: _set_up(first_log), procs, first_log, what='the set-up')
   procs[1].send_signal(signal.SIGTERM)  # Only the non-coordinator process gets the notice.
   first = [helpers.wait(p, root / 'first' / f'process_{i}.log') for i, p in enumerate(procs)]
   stopped = {'logged': helpers.logged_steps(two), 'saved': helpers.checkpoint_steps(two)}
