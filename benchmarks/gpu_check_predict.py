@@ -1,11 +1,10 @@
 """gpu_check stage (c): seconds to predict one 197x233x189 volume, per network, bf16 and fp32.
 
 Each network runs in its own process (`--network NAME`), which measures it through
-benchmarks/predict_speed.py's own measurement (`_measure`: recipe forward, the model over all 189
-slices, inverse and threshold; the first, compiling pass excluded), with two things predict_speed's
-command line cannot say yet: the compute dtype (it always builds float32 networks) and a volume
-with as many modalities as the network's recipe (its synthetic volume is one T1). The synthetic
-head is repeated across the recipe's modalities; speed does not depend on the values.
+benchmarks/predict_speed.py's own measurement (`measure`: recipe forward, the model over all 189
+slices, inverse and threshold; the first, compiling pass excluded) with the network's paper recipe,
+a synthetic head repeated across the recipe's modalities (speed does not depend on the values),
+and each compute dtype.
 """
 
 import argparse
@@ -26,14 +25,12 @@ RECIPES = {
     'mdanet': ('mdanet_isles2018', (128, 128)),  # configs/mdanet.py's ISLES 2018 size.
     'cross_attention_unet': ('thesis_ct', None),
 }
-_ORIGINAL = {}  # predict_speed's own synthetic_volume, before this module wraps it.
 
 
 def measure(network: str, precision: str, *, tiny: bool, batch: int, repeats: int) -> dict:
   """predict_speed's measurement of one network at one precision (random weights)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from agmr_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from agmr_jax.models import MODELS  # pylint: disable=g-import-not-at-top
@@ -54,13 +51,9 @@ def measure(network: str, precision: str, *, tiny: bool, batch: int, repeats: in
   model = MODELS[network](**kwargs, dtype=dtype)
   # Random variables without compiling the init graph (slow on CPU; speed ignores the values).
   variables = jax.device_put(common.synthetic_variables(model, (1, *recipe.slice_shape)))
-  one_modality = _ORIGINAL.setdefault('synthetic_volume', predict_speed.synthetic_volume)
-  modalities = len(recipe.modalities)
-  predict_speed.synthetic_volume = lambda: np.repeat(one_modality(), modalities, axis=0)
-  args = argparse.Namespace(model=network, batch_size=batch, repeats=repeats)
-  result = predict_speed._measure(  # pylint: disable=protected-access
-      args, model, recipe, sharding_lib.make_mesh(), variables, False)
-  return {**result, 'precision': precision, 'modalities': modalities}
+  result = predict_speed.measure(model, recipe, sharding_lib.make_mesh(), variables,
+                                 batch_size=batch, repeats=repeats, name=network)
+  return {**result, 'precision': precision}
 
 
 def _worker(args) -> None:
