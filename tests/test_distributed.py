@@ -49,7 +49,8 @@ def _two_processes(args, workdir, log_dir):
 
 
 def _set_up(log: pathlib.Path) -> bool:
-  """Process 0 logged its run's size: every process is past initialize and the Orbax set-up."""
+  """Process 0 logged its run's size: its set-up ran collectives with process 1, so process 1 is
+  past jax.distributed.initialize and its SIGTERM notifier is installed."""
   return log.exists() and 'train slices/epoch' in log.read_text()
 
 
