@@ -61,6 +61,7 @@ def test_study_runs_every_network_and_writes_its_report(studied):
   assert 0 <= float(rows[1]['lesion_f1_p_holm']) <= 1
   text = (root / 'study.md').read_text()
   assert '| unet (reference) |' in text and 'Holm' in text and 'Machine: ' in text
+  assert '](study_dsc_boxplot.png)' in text and '](study_montage.png)' in text
   for name in ('unet', 'attention_unet'):  # The montage's masks: every run wrote predictions.
     assert list((root / name / 'eval' / 'test' / 'predictions').glob('*.nii.gz'))
     assert json.loads((root / name / 'sweep_point.json').read_text())['config']['seed'] == 0

@@ -27,6 +27,7 @@ from agmr_jax.evaluation import study_figures
 
 CASE_METRICS = ('dsc', 'hd95', 'asd', 'lesion_f1', 'lesion_count_diff', 'volume_diff_ml')
 TESTED = ('dsc', 'lesion_f1')  # Paired against the reference, Holm-adjusted.
+BOXPLOT, MONTAGE = 'study_dsc_boxplot.png', 'study_montage.png'  # beside study.md
 COST = 'study_cost.json'  # Cached in each run's workdir: parameters and forward FLOPs.
 
 
@@ -214,6 +215,9 @@ def _notes(study, table, machine, missing) -> list[str]:
   notes.append('Entries: ' + ', '.join(f'{n} = `{s}`' for n, s in study.entries.items()) + '.')
   if missing:
     notes.append(f"Not finished yet (no row): {', '.join(missing)}.")
+  if table:  # written beside study.md by write(): the folder is a self-contained report
+    notes += [f'![Per-case DSC]({BOXPLOT})', f'![{study.split.capitalize()} cases, truth (green) '
+              f"and each network's prediction (red)]({MONTAGE})"]
   return ['', *[n + '\n' for n in notes]]
 
 
@@ -231,10 +235,10 @@ def write(study, finished, root: pathlib.Path, names: list[str]) -> list[pathlib
     writer.writeheader()
     writer.writerows(table)
   if table:
-    paths.append(root / 'study_dsc_boxplot.png')
+    paths.append(root / BOXPLOT)
     report.boxplot({n: [c['dsc'] for c in cases[n].values()] for n in cases}, paths[-1])
     workdirs = {n: [p.workdir for m, _, p in finished if m == n][0] for n in cases}
-    paths.append(root / 'study_montage.png')
+    paths.append(root / MONTAGE)
     study_figures.montage(workdirs, cases.get(study.reference) or next(iter(cases.values())),
                           study.split, study.montage_cases, paths[-1])
   return paths
