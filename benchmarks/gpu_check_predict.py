@@ -33,7 +33,7 @@ def measure(network: str, precision: str, *, tiny: bool, batch: int, repeats: in
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from agmr_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from agmr_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+  from agmr_jax.inference import loading  # pylint: disable=g-import-not-at-top
   from benchmarks import predict_speed  # pylint: disable=g-import-not-at-top
   from benchmarks import throughput_common as common  # pylint: disable=g-import-not-at-top
   from benchmarks.gpu_check_tiny import TINY  # pylint: disable=g-import-not-at-top
@@ -45,10 +45,8 @@ def measure(network: str, precision: str, *, tiny: bool, batch: int, repeats: in
     size, kwargs = TINY[network][0][:2], {**kwargs, **TINY[network][1]}
   if size:
     recipe = dataclasses.replace(recipe, size=size)
-  if recipe.groups and 'groups' in MODELS[network].__dataclass_fields__:
-    kwargs.setdefault('groups', tuple(recipe.groups))
   dtype = jnp.bfloat16 if precision == 'bf16' else jnp.float32
-  model = MODELS[network](**kwargs, dtype=dtype)
+  model = loading.network(network, kwargs, recipe, dtype)
   # Random variables without compiling the init graph (slow on CPU; speed ignores the values).
   variables = jax.device_put(common.synthetic_variables(model, (1, *recipe.slice_shape)))
   result = predict_speed.measure(model, recipe, sharding_lib.make_mesh(), variables,

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agmr_jax import sharding as sharding_lib
+from agmr_jax.inference import loading
 from agmr_jax.inference import predict
 from agmr_jax.inference import predictor as inference
 from agmr_jax.models import MODELS
@@ -138,10 +139,7 @@ def _build(args):
   recipe = recipes.RECIPES[args.recipe]
   if args.size:
     recipe = dataclasses.replace(recipe, size=args.size)
-  kwargs = dict(args.model_kwargs)
-  if recipe.groups and 'groups' in MODELS[args.model].__dataclass_fields__:
-    kwargs.setdefault('groups', tuple(recipe.groups))
-  model = MODELS[args.model](**kwargs, dtype=DTYPES[args.dtype])
+  model = loading.network(args.model, args.model_kwargs, recipe, DTYPES[args.dtype])
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *recipe.slice_shape)), train=False))(
       jax.random.key(0))
   return recipe, model, variables

@@ -18,12 +18,18 @@ from agmr_jax.models import MODELS
 from input_pipeline import recipes
 
 
-def build_model(config: ml_collections.ConfigDict, recipe: recipes.Recipe):
-  """The run's network; a model with modality groups gets the recipe's."""
-  kwargs = dict(config.model_kwargs.to_dict())
-  if recipe.groups and 'groups' in MODELS[config.model].__dataclass_fields__:
+def network(name: str, kwargs: dict, recipe: recipes.Recipe, dtype):
+  """MODELS[name](**kwargs, dtype=dtype); a model with modality groups gets the recipe's."""
+  kwargs = dict(kwargs)
+  if recipe.groups and 'groups' in MODELS[name].__dataclass_fields__:
     kwargs.setdefault('groups', tuple(recipe.groups))
-  return MODELS[config.model](**kwargs, dtype=jnp.dtype(config.compute_dtype))
+  return MODELS[name](**kwargs, dtype=dtype)
+
+
+def build_model(config: ml_collections.ConfigDict, recipe: recipes.Recipe):
+  """The run's network."""
+  return network(config.model, config.model_kwargs.to_dict(), recipe,
+                 jnp.dtype(config.compute_dtype))
 
 
 def _batch_size(config, batch_size: int | None, mesh) -> int:
